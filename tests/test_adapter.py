@@ -1,0 +1,89 @@
+"""The adapter returns identical tensors for a HookedTransformer and a TransformerBridge with the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tl_tensorsim as ts
+from tl_tensorsim.adapter import WEIGHT_NAMES
+
+NAMES = [n for n in WEIGHT_NAMES if n != "W_gate"]
+
+
+@pytest.mark.parametrize("pair", ["model_pair", "compat_pair"])
+def test_weights_identical_on_both_classes(pair, request):
+    ht, bridge = request.getfixturevalue(pair)
+    a, b = ts.ModelView(ht), ts.ModelView(bridge)
+    assert a.kind == "HookedTransformer" and b.kind == "TransformerBridge"
+    for name in NAMES:
+        wa, wb = a.weight(name), b.weight(name)
+        assert wa.shape == wb.shape, name
+        tol = 0.0 if pair == "model_pair" else 1e-6
+        assert torch.allclose(wa, wb, atol=tol, rtol=0), (name, (wa - wb).abs().max())
+    assert torch.allclose(a.OV.AB, b.OV.AB, atol=1e-6)
+    assert torch.allclose(a.QK.AB, b.QK.AB, atol=1e-6)
+
+
+def test_config_identical_and_shapes(model_pair):
+    a, b = (ts.ModelView(m) for m in model_pair)
+    keys = ["n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "attn_only", "act_fn"]
+    assert {k: getattr(a.cfg, k) for k in keys} == {k: getattr(b.cfg, k) for k in keys}
+    c = a.cfg
+    assert a.W_Q.shape == (c.n_layers, c.n_heads, c.d_model, c.d_head)
+    assert a.W_O.shape == (c.n_layers, c.n_heads, c.d_head, c.d_model)
+    assert a.W_in.shape == (c.n_layers, c.d_model, c.d_mlp)
+    assert a.W_E.shape == (c.d_vocab, c.d_model) and a.W_U.shape == (c.d_model, c.d_vocab)
+    assert a.W_pos.shape == (c.n_ctx, c.d_model)
+    assert a.OV.AB.shape == (c.n_layers, c.n_heads, c.d_model, c.d_model)
+    assert a.head_labels()[:2] == ["L0H0", "L0H1"] and len(a.head_labels()) == c.n_layers * c.n_heads
+
+
+def test_processing_is_read_off_the_model(model_pair, compat_pair):
+    for m in model_pair:
+        p = ts.ModelView(m).processing()
+        assert not p["fold_ln"] and not p["center_writing_weights"]
+    for m in compat_pair:
+        p = ts.ModelView(m).processing()
+        assert p["fold_ln"] and p["center_writing_weights"] and p["center_unembed"], p
+
+
+def test_unsupported_object_names_what_is_supported():
+    with pytest.raises(TypeError, match="HookedTransformer.*TransformerBridge"):
+        ts.ModelView(torch.nn.Linear(3, 3))
+
+
+def test_unknown_hook_name_lists_nearest(model_pair):
+    view = ts.ModelView(model_pair[0])
+    assert view.check_hook_name("blocks.1.hook_resid_post") == "blocks.1.hook_resid_post"
+    with pytest.raises(ValueError, match=r"blocks\.1\.hook_resid_post"):
+        view.check_hook_name("blocks.1.hook_resid_pots")
+    assert view.hook_layer("blocks.1.attn.hook_z") == 1 and view.hook_layer("hook_embed") is None
+
+
+def test_unknown_weight_and_missing_mlp():
+    from tests.conftest import make_model_pair
+
+    ht, _ = make_model_pair(attn_only=True, n_layers=1)
+    view = ts.ModelView(ht)
+    with pytest.raises(ValueError, match="W_in"):
+        view.W_in
+    with pytest.raises(ValueError, match="weight name"):
+        view.weight("W_nope")
+
+
+def test_no_module_imports_hookedtransformer_at_module_level():
+    """TransformerLens 4 has no HookedTransformer: no top-level import of it anywhere in the package."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(ts.__file__).resolve().parent.parent
+    pattern = re.compile(r"^(from transformer_lens\S* import .*\bHookedTransformer\b(?!Config)|import transformer_lens\.HookedTransformer)")
+    offenders = [
+        f"{path}:{i + 1}"
+        for folder in ("tl_tensorsim", "hooks", "circuits", "demos")
+        for path in (root / folder).rglob("*.py")
+        for i, line in enumerate(path.read_text().splitlines())
+        if pattern.match(line)
+    ]
+    assert not offenders, offenders
