@@ -67,7 +67,7 @@ def test_unknown_weight_and_missing_mlp():
     ht, _ = make_model_pair(attn_only=True, n_layers=1)
     view = ts.ModelView(ht)
     with pytest.raises(ValueError, match="W_in"):
-        view.W_in
+        _ = view.W_in
     with pytest.raises(ValueError, match="weight name"):
         view.weight("W_nope")
 
@@ -78,7 +78,9 @@ def test_no_module_imports_hookedtransformer_at_module_level():
     import re
 
     root = pathlib.Path(ts.__file__).resolve().parent.parent
-    pattern = re.compile(r"^(from transformer_lens\S* import .*\bHookedTransformer\b(?!Config)|import transformer_lens\.HookedTransformer)")
+    pattern = re.compile(
+        r"^(from transformer_lens\S* import .*\bHookedTransformer\b(?!Config)|import transformer_lens\.HookedTransformer)"
+    )
     offenders = [
         f"{path}:{i + 1}"
         for folder in ("tl_tensorsim", "hooks", "circuits", "demos")
@@ -87,3 +89,27 @@ def test_no_module_imports_hookedtransformer_at_module_level():
         if pattern.match(line)
     ]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_feature_shape_matches_the_cache(model_pair, which):
+    model = model_pair[which]
+    view = ts.ModelView(model)
+    names = [
+        "blocks.0.hook_resid_pre",
+        "blocks.1.hook_resid_post",
+        "blocks.0.hook_attn_out",
+        "blocks.1.hook_mlp_out",
+        "blocks.0.mlp.hook_post",
+        "blocks.1.attn.hook_z",
+        "blocks.0.attn.hook_q",
+        "hook_embed",
+    ]
+    _, cache = model.run_with_cache(torch.randint(0, 50, (2, 5)), names_filter=names)
+    for n in names:
+        assert tuple(cache[n].shape[2:]) == view.feature_shape(n), n
+    if view.kind == "TransformerBridge":
+        assert view.canonical_hook_name("blocks.0.hook_out") == "blocks.0.hook_resid_post"
+        assert view.feature_shape("blocks.0.hook_out") == (32,)
+    with pytest.raises(ValueError, match="no feature axis"):
+        view.feature_shape("blocks.0.attn.hook_pattern")

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
@@ -45,6 +44,22 @@ _PER_LAYER = {
 _GLOBAL = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U", "b_U": "unembed.b_U"}
 WEIGHT_NAMES = tuple(_PER_LAYER) + tuple(_GLOBAL)
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+_FEATURE_RULES = (
+    (re.compile(r"(^|\.)hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$"), ("d_model",)),
+    (re.compile(r"^hook_(embed|pos_embed)$"), ("d_model",)),
+    (re.compile(r"\.mlp\.hook_(pre|post|pre_linear)$"), ("d_mlp",)),
+    (re.compile(r"\.attn\.hook_(q|k|v|z)$"), ("n_heads", "d_head")),
+    (re.compile(r"\.attn\.hook_result$"), ("n_heads", "d_model")),
+)
+
+
+def _feature_rule(name: str) -> tuple[str, ...] | None:
+    for pattern, rule in _FEATURE_RULES:
+        if pattern.search(name):
+            return rule
+    return None
 
 
 def _class_names(obj: Any) -> set[str]:
@@ -149,7 +164,9 @@ class ModelView:
             return p[key]
         keys = [_PER_LAYER[name].format(l=layer) for layer in range(self.cfg.n_layers)]
         if any(k not in p for k in keys):
-            raise ValueError(f"{name}: this model has none (attn_only={self.cfg.attn_only}, gated_mlp={self.cfg.gated_mlp})")
+            raise ValueError(
+                f"{name}: this model has none (attn_only={self.cfg.attn_only}, gated_mlp={self.cfg.gated_mlp})"
+            )
         return torch.stack([p[k] for k in keys])
 
     def __getattr__(self, name: str) -> Tensor:
@@ -216,6 +233,31 @@ class ModelView:
             f"({self.cfg.n_layers} layers). Nearest valid names: {near or self.hook_names[:5]}"
         )
 
+    def canonical_hook_name(self, name: str) -> str:
+        """The HookedTransformer-style name of a hook point (a bridge's `blocks.0.hook_out` ->
+        `blocks.0.hook_resid_post`); names already canonical come back unchanged."""
+        name = self.check_hook_name(name)
+        point = self.model.hook_dict[name]
+        for alias, other in self.model.hook_dict.items():
+            if other is point and _feature_rule(alias) is not None:
+                return alias
+        return name
+
+    def feature_shape(self, name: str) -> tuple[int, ...]:
+        """Trailing shape of the activation at hook `name` after `[batch, pos]`: `(d_model,)` for the
+        residual stream, attn_out and mlp_out, `(d_mlp,)` for `mlp.hook_pre/post`, `(n_heads, d_head)` for
+        `hook_q/k/v/z`, `(n_heads, d_model)` for `hook_result`. Raises `ValueError` for hooks without a
+        feature axis (patterns, scores, LayerNorm scales)."""
+        rule = _feature_rule(self.canonical_hook_name(name))
+        if rule is None:
+            raise ValueError(
+                f"hook_name: {name!r} has no feature axis (supported: resid_pre/mid/post, attn_out, mlp_out, "
+                "hook_embed, hook_pos_embed, mlp.hook_pre/post, attn.hook_q/k/v/z/result)"
+            )
+        c = self.cfg
+        sizes = {"d_model": c.d_model, "d_mlp": c.d_mlp or 0, "d_head": c.d_head, "n_heads": c.n_heads}
+        return tuple(sizes[k] for k in rule)
+
     def hook_layer(self, name: str) -> int | None:
         """The block index a hook name lives in (`blocks.4.hook_resid_post` -> 4), None outside blocks."""
         m = _LAYER_RE.match(name)
@@ -237,4 +279,3 @@ class ModelView:
 def as_view(model: Any) -> ModelView:
     """`ModelView` for `model` (returned unchanged when it already is one)."""
     return model if isinstance(model, ModelView) else ModelView(model)
-

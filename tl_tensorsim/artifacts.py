@@ -66,7 +66,9 @@ def load_artifact(directory: str | os.PathLike, kind: str | None = None) -> tupl
     directory = Path(directory)
     cfg_path, tensor_path = directory / CONFIG_FILE, directory / TENSORS_FILE
     if not cfg_path.is_file() or not tensor_path.is_file():
-        raise FileNotFoundError(f"directory: {directory} holds no saved result ({CONFIG_FILE} + {TENSORS_FILE} expected)")
+        raise FileNotFoundError(
+            f"directory: {directory} holds no saved result ({CONFIG_FILE} + {TENSORS_FILE} expected)"
+        )
     config = json.loads(cfg_path.read_text())
     if kind is not None and config.get("kind") != kind:
         raise ValueError(f"directory: {directory} holds a {config.get('kind')!r}, not a {kind!r}")

@@ -69,7 +69,11 @@ class Report:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         self.figures.append(path)
-        self.blocks.append(f"![{caption or name}](figures/{name}.png)\n\n*{caption}*\n" if caption else f"![{name}](figures/{name}.png)\n")
+        self.blocks.append(
+            f"![{caption or name}](figures/{name}.png)\n\n*{caption}*\n"
+            if caption
+            else f"![{name}](figures/{name}.png)\n"
+        )
         return path
 
     def render(self) -> str:
