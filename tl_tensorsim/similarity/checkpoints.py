@@ -1,0 +1,309 @@
+"""Heads compared across training checkpoints of one run: per-head T x T similarity and similarity-to-final.
+
+For every head `h` and checkpoints `t, s`, `values[h, t, s]` is the cosine between head `h` at `t` and head `h`
+at `s` (QK or OV circuit, residual or token level, as in `head_similarity`; or a baseline metric). Head indices
+line up across checkpoints of one run, not across runs.
+
+Checkpoints are loaded one at a time. From each, only what the metric needs is kept (the heads' circuit factors,
+`2 n_heads d_model d_head` numbers; plus `W_E`/`W_pos`/`W_U` at the token level), in memory or spilled to a
+temporary folder past 2 GiB (`store=`). Cost: residual level, all heads of a layer at once as one batched
+`T x T` evaluation; token level, one `d_vocab x d_model x d_model` Gram per checkpoint pair, `T (T + 1) / 2` pairs
+(`pairs="final"`: `2 T`), which dominates for GPT-2-sized vocabularies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_tensorsim.adapter import as_view
+from tl_tensorsim.artifacts import Artifact
+from tl_tensorsim.similarity.baselines import head_outputs, raw_weight_vectors
+from tl_tensorsim.similarity.checkpoint_io import SummaryStore, release, resolve_checkpoints
+from tl_tensorsim.similarity.factored import DEFAULT_MEMORY_BUDGET, _ranges, cosine_from_parts, pairwise_kernel
+from tl_tensorsim.similarity.heads import (
+    CIRCUITS,
+    LEVELS,
+    METRICS,
+    check_choice,
+    circuit_factors,
+    resolve_positions,
+    token_metrics,
+    token_parts,
+    warn_processing,
+)
+
+
+@dataclass(repr=False)
+class CheckpointSimilarity(Artifact):
+    """`values [n_heads, T, T]` float64: cosine of each head with itself across checkpoints (NaN where not
+    computed, `pairs="final"`). `steps`: the checkpoints' training steps (x axis). `labels`: L0H0, L0H1, ..."""
+
+    values: Tensor
+    labels: list[str]
+    steps: list[Any]
+    circuit: str
+    level: str
+    metric: str = "tensor"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def head_index(self, head: int | str) -> int:
+        if isinstance(head, str):
+            if head not in self.labels:
+                raise ValueError(f"head: expected one of {self.labels[:4]}...; got {head!r}")
+            return self.labels.index(head)
+        return int(head)
+
+    @property
+    def to_final(self) -> Tensor:
+        """`[n_heads, T]`: each head's similarity to itself at the final checkpoint."""
+        return self.values[:, -1, :]
+
+    def matrix(self, head: int | str) -> Tensor:
+        """`[T, T]` similarity matrix of one head (index or label such as "L1H3")."""
+        return self.values[self.head_index(head)]
+
+    def largest_jump(self, head: int | str) -> dict[str, Any]:
+        """Where the head's similarity-to-final rises most between consecutive checkpoints."""
+        i = self.head_index(head)
+        curve = self.to_final[i]
+        k = int(torch.argmax(curve[1:] - curve[:-1]))
+        return {
+            "head": self.labels[i],
+            "step_before": self.steps[k],
+            "step": self.steps[k + 1],
+            "before": float(curve[k]),
+            "after": float(curve[k + 1]),
+            "delta": float(curve[k + 1] - curve[k]),
+        }
+
+    def to_dataframe(self):
+        """Long format: one row per (head, checkpoint) with the similarity to the final checkpoint."""
+        import pandas as pd
+
+        T = len(self.steps)
+        return pd.DataFrame(
+            {
+                "head": [lab for lab in self.labels for _ in range(T)],
+                "checkpoint": list(range(T)) * len(self.labels),
+                "step": list(self.steps) * len(self.labels),
+                "similarity_to_final": self.to_final.reshape(-1).numpy(),
+            }
+        )
+
+    def plot(self, head: int | str | None = None, highlight: list | None = None, path=None, logx: bool = False):
+        """Left: every head's similarity-to-final curve (`highlight`ed heads in colour). Right: the `T x T`
+        matrix of `head` (default: the head with the largest jump). Saved to `path` when given."""
+        import matplotlib.pyplot as plt
+
+        if head is None:
+            head = max(range(len(self.labels)), key=lambda i: self.largest_jump(i)["delta"])
+        i = self.head_index(head)
+        highlight = [self.head_index(h) for h in (highlight if highlight is not None else [i])]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+        x = [float(s) for s in self.steps]
+        for j in range(len(self.labels)):
+            if j not in highlight:
+                ax1.plot(x, self.to_final[j].numpy(), color="0.7", lw=0.7, alpha=0.6)
+        for j in highlight:
+            ax1.plot(x, self.to_final[j].numpy(), lw=2, marker="o", ms=3, label=self.labels[j])
+        ax1.set(
+            xlabel="training step", ylabel="similarity to final", title=f"{self.circuit} {self.level} ({self.metric})"
+        )
+        if logx:
+            ax1.set_xscale("symlog")
+        ax1.legend(fontsize=8)
+        im = ax2.imshow(self.matrix(i).numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        T = len(self.steps)
+        ticks = list(range(0, T, max(1, T // 10)))
+        ax2.set_xticks(ticks, [str(self.steps[t]) for t in ticks], rotation=90, fontsize=7)
+        ax2.set_yticks(ticks, [str(self.steps[t]) for t in ticks], fontsize=7)
+        ax2.set_title(f"{self.labels[i]}: checkpoint x checkpoint")
+        fig.colorbar(im, ax=ax2, fraction=0.046)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+        return fig
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"values": self.values}
+
+    def _config(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("labels", "steps", "circuit", "level", "metric", "settings")}
+
+    @classmethod
+    def _from_parts(cls, tensors, config) -> CheckpointSimilarity:
+        return cls(values=tensors["values"], **config)
+
+    def __repr__(self) -> str:
+        n, T, _ = self.values.shape
+        first = self.to_final[:, 0]
+        return (
+            f"CheckpointSimilarity({self.metric}, {self.circuit}, {self.level}: {n} heads x {T} checkpoints "
+            f"(steps {self.steps[0]}..{self.steps[-1]}), similarity of first to final: mean {first.nanmean():.3f}, "
+            f"min {first.nan_to_num(2.0).min():.3f})"
+        )
+
+
+def _summary(view, circuit: str, level: str, metric: str, n_pos: int | None, tokens: Tensor | None) -> dict:
+    """What one checkpoint contributes: `A`, `B` factors per head (`A` alone `[n_heads, 1, D]` for baselines)."""
+    if metric == "raw_weight":
+        return {"A": raw_weight_vectors(view, circuit)[:, None, :]}
+    if metric == "behavioral":
+        return {"A": head_outputs(view, tokens).flatten(1)[:, None, :]}
+    A, B = circuit_factors(view, circuit)
+    return {"A": A, "B": B, **(token_parts(view, circuit, n_pos) if level == "token" else {})}
+
+
+def checkpoint_similarity(
+    checkpoints: Any,
+    circuit: str = "QK",
+    level: str = "residual",
+    *,
+    metric: str = "tensor",
+    checkpoint_indices: list[int] | None = None,
+    steps: list | None = None,
+    model: Any = None,
+    tokens: Tensor | None = None,
+    positions: bool | int = False,
+    pairs: str = "all",
+    from_pretrained_kwargs: dict | None = None,
+    store: str = "auto",
+    method: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+    memory_budget: float | None = None,
+    progress: bool = True,
+) -> CheckpointSimilarity:
+    """Per-head similarity across `T` checkpoints of one training run.
+
+    Args:
+        checkpoints: a TransformerLens model name (Pythia, stanford-crfm GPT-2) with `checkpoint_indices`; or a
+            sequence of models / ModelViews / state dicts / state-dict files (`.safetensors`, `.pt`) /
+            zero-argument callables returning a model, oldest first.
+        circuit, level, metric, positions, method, dtype, memory_budget: as in `head_similarity`
+            (`metric="behavioral"` needs `tokens`).
+        steps: x-axis values (default: the run's step labels for a model name, else 0..T-1).
+        model: for state dicts / files: the model (its weights are overwritten) or a `HookedTransformerConfig` /
+            dict of config fields to build one; every checkpoint is loaded into it in turn.
+        pairs: "all" (full `T x T`) or "final" (only each checkpoint against the last; for costly token levels).
+        from_pretrained_kwargs: extra arguments for `from_pretrained` (e.g. `fold_ln=False`).
+        store: where per-checkpoint head factors wait: "memory", "disk" (temporary safetensors), "auto".
+        device: where to compute (default: the first checkpoint's device).
+        progress: tqdm bars.
+
+    Returns:
+        `CheckpointSimilarity` with `.values [n_heads, T, T]`, `.to_final [n_heads, T]`, `.plot()`.
+    """
+    check_choice(circuit, CIRCUITS, "circuit")
+    check_choice(level, LEVELS, "level")
+    check_choice(metric, METRICS, "metric")
+    check_choice(pairs, ("all", "final"), "pairs")
+    if metric == "behavioral" and tokens is None:
+        raise ValueError("tokens: metric='behavioral' needs a token batch [batch, pos]")
+    token_level = metric == "tensor" and level == "token"
+    if positions and not token_level:
+        raise ValueError("positions: only used with metric='tensor' and level='token'")
+    loaders, default_steps, lazy = resolve_checkpoints(checkpoints, checkpoint_indices, model, from_pretrained_kwargs)
+    T = len(loaders)
+    steps = list(steps) if steps is not None else (default_steps or list(range(T)))
+    if len(steps) != T:
+        raise ValueError(f"steps: expected {T} values (one per checkpoint); got {len(steps)}")
+    st, procs, arch, n_pos = SummaryStore(store), {}, None, None
+    for t, load in enumerate(tqdm(loaders, desc="checkpoints", disable=not progress)):
+        view = as_view(load())
+        c = view.cfg
+        shape = (c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab, c.n_ctx)
+        if arch is None:
+            arch, labels = shape, view.head_labels()
+            n_pos = resolve_positions([view], positions) if token_level else None
+            device = torch.device(device) if device is not None else view.device
+        elif shape != arch:
+            raise ValueError(
+                f"checkpoints[{t}]: (layers, heads, d_model, d_head, d_vocab, n_ctx) = {shape} differs from checkpoints[0]: {arch}"
+            )
+        summary = _summary(view, circuit, level, metric, n_pos, tokens)
+        if t == 0:
+            st.plan(summary, T)
+        st.add(summary)
+        procs[f"checkpoint {steps[t]}"] = view.processing()
+        del view, summary
+        if lazy:
+            release()
+    warn_processing(procs, circuit, level)
+    kw = dict(method=method, memory_budget=memory_budget)
+    with torch.no_grad():
+        if token_level:
+            inner = _token_level_pairs(st, T, pairs, dtype, device, kw, progress)
+        else:
+            inner = _batched_pairs(st, T, len(labels), pairs, dtype, device, kw, memory_budget)
+    st.close()
+    d = inner.diagonal(dim1=1, dim2=2)
+    settings = {
+        "positions": n_pos,
+        "pairs": pairs,
+        "dtype": str(dtype),
+        "processing": next(iter(procs.values())),
+        **({"model_name": checkpoints} if isinstance(checkpoints, str) else {}),
+        **({"checkpoint_indices": list(checkpoint_indices)} if checkpoint_indices else {}),
+    }
+    return CheckpointSimilarity(
+        values=cosine_from_parts(inner, d[:, :, None], d[:, None, :]),
+        labels=labels,
+        steps=steps,
+        circuit=circuit if metric != "behavioral" else "output",
+        level=level if metric == "tensor" else ("weights" if metric == "raw_weight" else "outputs"),
+        metric=metric,
+        settings=settings,
+    )
+
+
+def _stack(st: SummaryStore, T: int, rows: slice, dtype, device) -> tuple[Tensor, Tensor | None]:
+    """Factors of heads `rows` across all checkpoints: `A [h, T, m, r]`, `B [h, T, r, n]` (None for baselines)."""
+    parts = [st.get(t, rows) for t in range(T)]
+    A = torch.stack([p["A"] for p in parts], dim=1).to(device=device, dtype=dtype)
+    B = torch.stack([p["B"] for p in parts], dim=1).to(device=device, dtype=dtype) if "B" in parts[0] else None
+    return A, B
+
+
+def _batched_pairs(st, T, n_heads, pairs, dtype, device, kw, memory_budget) -> Tensor:
+    """Inner products without a pair-dependent metric: per chunk of heads, one batched T x T evaluation."""
+    first = st.get(0, slice(0, 1))
+    per_head = T * sum(v[0].numel() for k, v in first.items() if k in ("A", "B")) * torch.finfo(dtype).bits // 8
+    inner = torch.full((n_heads, T, T), float("nan"), dtype=torch.float64)
+    for h0, h1 in _ranges(n_heads, (memory_budget or DEFAULT_MEMORY_BUDGET) // (2 * per_head)):
+        A, B = _stack(st, T, slice(h0, h1), dtype, device)
+        if pairs == "all":
+            inner[h0:h1] = pairwise_kernel(A, B, **kw).cpu().double()
+            continue
+        flat = A.reshape(-1, 1, *A.shape[2:]), None if B is None else B.reshape(-1, 1, *B.shape[2:])
+        norms = pairwise_kernel(*flat, *flat, **kw).reshape(h1 - h0, T).cpu().double()
+        Bf = None if B is None else B[:, -1:]
+        to_final = pairwise_kernel(A, B, A[:, -1:], Bf, **kw)[:, :, 0].cpu().double()
+        inner[h0:h1, :, -1] = inner[h0:h1, -1, :] = to_final
+        inner[h0:h1].diagonal(dim1=1, dim2=2).copy_(norms)
+    return inner
+
+
+def _token_level_pairs(st, T, pairs, dtype, device, kw, progress) -> Tensor:
+    """Token level: every checkpoint pair has its own metrics (Grams of both checkpoints' embeddings)."""
+    final = st.get(T - 1)
+    n_heads = final["A"].shape[0]
+    inner = torch.full((n_heads, T, T), float("nan"), dtype=torch.float64)
+    todo = [(t, s) for t in range(T) for s in (range(t + 1) if pairs == "all" else sorted({t, T - 1}))]
+    bar = tqdm(todo, desc="checkpoint pairs", disable=not progress)
+    current = (None, None)
+    for t, s in bar:
+        if current[0] != t:
+            current = (t, final if t == T - 1 else st.get(t))
+        St = current[1]
+        Ss = St if s == t else (final if s == T - 1 else st.get(s))
+        G, H = token_metrics(St, Ss, dtype, device)
+        At, Bt, As, Bs = (x[k].to(device=device, dtype=dtype)[:, None] for x in (St, Ss) for k in ("A", "B"))
+        x = pairwise_kernel(At, Bt, As, Bs, G, H, **kw)[:, 0, 0].cpu().double()
+        inner[:, t, s] = inner[:, s, t] = x
+    return inner

@@ -1,0 +1,318 @@
+"""Exact Frobenius inner products of low-rank (factored) matrices, never materialising what is not needed.
+
+For `M_a = A_a B_a` (`A_a [m_a, r_a]`, `B_a [r_a, n_a]`) and `M_b = A_b B_b`, with an optional left metric
+`G [m_a, m_b]` and right metric `H [n_a, n_b]`, the metric Frobenius inner product is
+
+    <M_a, M_b>_{G,H} = sum_{i,j,k,l} M_a[i,j] G[i,k] H[j,l] M_b[k,l] = tr(M_a^T G M_b H^T)
+                     = Sum[(A_a^T G A_b) o (B_a H B_b^T)]                    (tensor_similarity.md §4)
+
+With `G = P_a^T P_b` and `H = Q_a Q_b^T` this is the plain Frobenius product of the sandwiched matrices
+`P_a M_a Q_a` and `P_b M_b Q_b` (e.g. the full QK circuit `W_E QK W_E^T`: `P = W_E`, `Q = W_E^T`), computed
+from `d x d` Gram matrices without ever forming the `d_vocab x d_vocab` matrix. No metric means identity.
+
+Two exact evaluations give the same number and are chosen by cost (`method="auto"`):
+
+- **factored**: the `r_a x r_b` Gram matrices of the factors, `O(r_a r_b (m + n))` per pair;
+- **dense**: materialise `M_a` and `G M_b H^T` (the latter as `(G A_b)(B_b H^T)`), then one `m x n` dot product
+  per pair, `O(m n)` per pair plus `O(m n r)` per matrix. For many pairs of GPT-2-sized heads (`d_model` 768,
+  `d_head` 64) dense is cheaper; for few pairs or small ranks the factored form is.
+
+All-pairs evaluation is batched: every head's factors are stacked into one `[m, N r]` matrix, so the work is a few
+large matmuls followed by a Hadamard product and a block sum, processed in chunks bounded by `memory_budget` bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange, reduce
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import FactoredMatrix
+
+FactoredLike = FactoredMatrix | tuple[Tensor, Tensor] | Tensor
+"""A `FactoredMatrix`, an `(A, B)` pair meaning `A @ B` (`A [..., m, r]`, `B [..., r, n]`), or a dense
+`[..., m, n]` tensor. Leading dimensions are batch dimensions."""
+MetricLike = Tensor | tuple[Tensor, Tensor, Tensor] | None
+METHODS = ("auto", "factored", "dense")
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate results held at once
+
+
+def _factors(x: FactoredLike, argument: str) -> tuple[Tensor, Tensor | None]:
+    """`(A, B)` with `B=None` for a dense matrix (then `A` is the matrix itself)."""
+    if isinstance(x, FactoredMatrix):
+        return x.A, x.B
+    if isinstance(x, tuple) and len(x) == 2 and all(isinstance(t, Tensor) for t in x):
+        a, b = x
+        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+            raise ValueError(
+                f"{argument}: expected (A [..., m, r], B [..., r, n]); got shapes {tuple(a.shape)}, {tuple(b.shape)}"
+            )
+        shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        return a.expand(*shape, *a.shape[-2:]), b.expand(*shape, *b.shape[-2:])
+    if isinstance(x, Tensor):
+        if x.ndim < 2:
+            raise ValueError(f"{argument}: expected a matrix [..., m, n]; got shape {tuple(x.shape)}")
+        return x, None
+    raise TypeError(
+        f"{argument}: expected a FactoredMatrix, an (A, B) tuple of tensors or a tensor; got {type(x).__name__}"
+    )
+
+
+def _dims(A: Tensor, B: Tensor | None) -> tuple[int, int, int]:
+    """(m, n, rank) of a factored or dense operand."""
+    if B is None:
+        return A.shape[-2], A.shape[-1], A.shape[-1]
+    return A.shape[-2], B.shape[-1], A.shape[-1]
+
+
+def operation_counts(
+    K: int, n_a: int, n_b: int, m: int, n: int, r_a: int, r_b: int, *, dense_operand: bool = False, same: bool = False
+) -> dict[str, float]:
+    """Multiply-add counts of the two evaluations for `K` independent blocks of `n_a x n_b` pairs of `m x n`
+    matrices of ranks `r_a`, `r_b` (metric transforms excluded: both pay them). `same=True`: `b` is `a` and
+    no metric, so the dense path materialises once. `dense_operand`: an operand is already dense (factored
+    is then impossible)."""
+    factored = math.inf if dense_operand else float(K) * n_a * n_b * r_a * r_b * (m + n + 1)
+    materialise = float(K) * (n_a * m * n * r_a + (0 if same else n_b * m * n * r_b))
+    return {"factored": factored, "dense": materialise + float(K) * n_a * n_b * m * n}
+
+
+def _left_apply(G: Tensor | None, A: Tensor) -> Tensor:
+    """`G @ A` for `A [K, N, m_b, r]` as one matmul: `[m_a, m_b] @ [m_b, K N r]`."""
+    if G is None:
+        return A
+    K, N, _, r = A.shape
+    out = G @ rearrange(A, "K N m r -> m (K N r)")
+    return rearrange(out, "m (K N r) -> K N m r", K=K, N=N, r=r)
+
+
+def _right_apply(B: Tensor | None, H: Tensor | None, K: int, N: int) -> Tensor | None:
+    """`B @ H^T` (`B [K, N, r, n_b]`, `H [n_a, n_b]`); for a dense operand (`B=None`) the factor is `H^T`."""
+    if H is None:
+        return B
+    if B is None:
+        return H.T.expand(K, N, *H.T.shape)
+    return B @ H.T
+
+
+def _materialise(A: Tensor, B: Tensor | None) -> Tensor:
+    return A if B is None else A @ B
+
+
+def _ranges(n: int, step: int):
+    step = max(1, int(step))
+    for i in range(0, n, step):
+        yield i, min(n, i + step)
+
+
+def _blocks(K: int, N: int, unit_bytes: float, budget: float):
+    """(k0, k1, i0, i1) covering K x N so that each block's (k1-k0)*(i1-i0)*unit_bytes fits in budget."""
+    if N * unit_bytes <= budget:
+        for k0, k1 in _ranges(K, budget // max(1.0, N * unit_bytes)):
+            yield k0, k1, 0, N
+    else:
+        for k in range(K):
+            for i0, i1 in _ranges(N, budget // max(1.0, unit_bytes)):
+                yield k, k + 1, i0, i1
+
+
+def pairwise_kernel(
+    Aa: Float[Tensor, "K Na ma ra"],
+    Ba: Float[Tensor, "K Na ra na"] | None,
+    Ab: Float[Tensor, "K Nb mb rb"] | None = None,
+    Bb: Float[Tensor, "K Nb rb nb"] | None = None,
+    G: Float[Tensor, "ma mb"] | None = None,
+    H: Float[Tensor, "na nb"] | None = None,
+    *,
+    method: str = "auto",
+    memory_budget: float | None = None,
+) -> Float[Tensor, "K Na Nb"]:
+    """`out[k, i, j] = <A_a[k,i] B_a[k,i], A_b[k,j] B_b[k,j]>_{G,H}` for all pairs within each of `K` blocks.
+
+    `B=None` marks a dense operand (`A` is the matrix). `Ab=None` compares `a` with itself. Computes in the
+    dtype and on the device of the inputs (callers cast; the public functions use float64).
+    """
+    same = Ab is None
+    if same:
+        Ab, Bb = Aa, Ba
+    K, Na, ma, _ = Aa.shape
+    Nb = Ab.shape[1]
+    m, n, ra = _dims(Aa, Ba)
+    rb = _dims(Ab, Bb)[2]
+    costs = operation_counts(
+        K, Na, Nb, m, n, ra, rb, dense_operand=Ba is None or Bb is None, same=same and G is None and H is None
+    )
+    if method == "auto":
+        method = min(costs, key=costs.get)
+    if method not in ("factored", "dense") or costs[method] == math.inf:
+        raise ValueError(
+            f"method: expected 'auto', 'factored' or 'dense' (factored needs factored operands); got {method!r}"
+        )
+    budget = float(memory_budget or DEFAULT_MEMORY_BUDGET)
+    item = Aa.element_size()
+    reuse = same and G is None and H is None
+    Ab = _left_apply(G, Ab)
+    Bb = _right_apply(Bb, H, K, Nb)
+    out = Aa.new_empty(K, Na, Nb)
+    if method == "factored":
+        Pb = rearrange(Ab, "K N m r -> K m (N r)")
+        Qb = rearrange(Bb, "K N r n -> K n (N r)")
+        for k0, k1, i0, i1 in _blocks(K, Na, 2 * ra * Nb * rb * item, budget):
+            S = rearrange(Aa[k0:k1, i0:i1], "K N m r -> K (N r) m") @ Pb[k0:k1]
+            S.mul_(rearrange(Ba[k0:k1, i0:i1], "K N r n -> K (N r) n") @ Qb[k0:k1])
+            out[k0:k1, i0:i1] = reduce(S, "K (Na ra) (Nb rb) -> K Na Nb", "sum", ra=ra, rb=rb)
+        return out
+    unit = m * n * item
+    if reuse and K * Na * unit <= budget:  # one materialisation serves both sides
+        M = _materialise(Aa, Ba).reshape(K, Na, m * n)
+        return M @ M.transpose(-1, -2)
+    for k0, k1, j0, j1 in _blocks(K, Nb, unit, budget / 2):
+        Mb = _materialise(Ab[k0:k1, j0:j1], None if Bb is None else Bb[k0:k1, j0:j1]).reshape(k1 - k0, j1 - j0, m * n)
+        for i0, i1 in _ranges(Na, (budget / 2) // ((k1 - k0) * unit)):
+            Ma = _materialise(Aa[k0:k1, i0:i1], None if Ba is None else Ba[k0:k1, i0:i1]).reshape(
+                k1 - k0, i1 - i0, m * n
+            )
+            out[k0:k1, i0:i1, j0:j1] = Ma @ Mb.transpose(-1, -2)
+    return out
+
+
+def _prepare(x: FactoredLike, argument: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor | None, tuple]:
+    A, B = _factors(x, argument)
+    batch = tuple(A.shape[:-2]) if B is None else tuple(torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]))
+    A = A.to(device=device, dtype=dtype)
+    B = None if B is None else B.to(device=device, dtype=dtype)
+    return A, B, batch
+
+
+def _check_metric(metric: Tensor | None, rows: int, cols: int, argument: str, dtype, device) -> Tensor | None:
+    if metric is None:
+        if rows != cols:
+            raise ValueError(f"{argument}: required when the matrices' dimensions differ ({rows} vs {cols})")
+        return None
+    if not isinstance(metric, Tensor) or tuple(metric.shape) != (rows, cols):
+        got = tuple(metric.shape) if isinstance(metric, Tensor) else type(metric).__name__
+        raise ValueError(f"{argument}: expected a [{rows}, {cols}] tensor (or None); got {got}")
+    return metric.to(device=device, dtype=dtype)
+
+
+def factored_inner(
+    a: FactoredLike,
+    b: FactoredLike,
+    left_metric: Float[Tensor, "m_a m_b"] | None = None,
+    right_metric: Float[Tensor, "n_a n_b"] | None = None,
+    *,
+    pairwise: bool = False,
+    method: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    memory_budget: float | None = None,
+) -> Tensor:
+    """Exact Frobenius inner product `<M_a, M_b>_{G,H} = Sum[(A_a^T G A_b) o (B_a H B_b^T)]`.
+
+    Args:
+        a, b: `FactoredMatrix`, `(A, B)` pair, or dense tensor; shapes `[*batch_a, m_a, n_a]`, `[*batch_b, m_b, n_b]`.
+        left_metric: `G [m_a, m_b]`, e.g. `W_E_a^T W_E_b` (None: identity, needs `m_a == m_b`).
+        right_metric: `H [n_a, n_b]`, e.g. `W_U_a W_U_b^T` (None: identity, needs `n_a == n_b`).
+        pairwise: False: batch dimensions broadcast, result `[*broadcast]`; True: every element of `a` against
+            every element of `b`, result `[*batch_a, *batch_b]`.
+        method: "auto" (cheaper of the two by `operation_counts`), "factored" or "dense"; all give the same number.
+        dtype: computation dtype (default float64); the result is float64.
+        memory_budget: bytes of intermediate results held at once (default 1 GiB).
+
+    Returns:
+        float64 tensor on the inputs' device.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}; got {method!r}")
+    A0, _ = _factors(a, "a")
+    device = A0.device
+    Aa, Ba, batch_a = _prepare(a, "a", dtype, device)
+    Ab, Bb, batch_b = _prepare(b, "b", dtype, device)
+    (ma, na, _), (mb, nb, _) = _dims(Aa, Ba), _dims(Ab, Bb)
+    G = _check_metric(left_metric, ma, mb, "left_metric", dtype, device)
+    H = _check_metric(right_metric, na, nb, "right_metric", dtype, device)
+    if pairwise:
+        Aa, Ab = Aa.reshape(1, -1, *Aa.shape[-2:]), Ab.reshape(1, -1, *Ab.shape[-2:])
+        Ba = None if Ba is None else Ba.reshape(1, -1, *Ba.shape[-2:])
+        Bb = None if Bb is None else Bb.reshape(1, -1, *Bb.shape[-2:])
+        out = pairwise_kernel(Aa, Ba, Ab, Bb, G, H, method=method, memory_budget=memory_budget)
+        return out.reshape(*batch_a, *batch_b).to(torch.float64)
+    try:
+        batch = torch.broadcast_shapes(batch_a, batch_b)
+    except RuntimeError as e:
+        raise ValueError(f"a, b: batch shapes {batch_a} and {batch_b} do not broadcast (pass pairwise=True?)") from e
+
+    def flat(A: Tensor | None) -> Tensor | None:
+        return None if A is None else A.expand(*batch, *A.shape[-2:]).reshape(-1, 1, *A.shape[-2:])
+
+    out = pairwise_kernel(flat(Aa), flat(Ba), flat(Ab), flat(Bb), G, H, method=method, memory_budget=memory_budget)
+    return out.reshape(batch).to(torch.float64)
+
+
+def _metric_triple(metric: MetricLike, argument: str) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    if metric is None or isinstance(metric, Tensor):
+        return metric, metric, metric
+    if isinstance(metric, tuple) and len(metric) == 3:
+        return metric
+    raise TypeError(f"{argument}: expected None, a tensor, or a tuple (M_aa, M_ab, M_bb); got {type(metric).__name__}")
+
+
+def cosine_from_parts(inner: Tensor, norm_sq_a: Tensor, norm_sq_b: Tensor, eps: float = 1e-300) -> Tensor:
+    """`inner / (sqrt(|a|^2) sqrt(|b|^2))`, broadcasting; 0 where either norm is (numerically) zero, never NaN."""
+    na, nb = norm_sq_a.clamp_min(0).sqrt(), norm_sq_b.clamp_min(0).sqrt()
+    denom = na * nb
+    return torch.where(denom > eps, inner / denom.clamp_min(eps), torch.zeros_like(inner))
+
+
+def factored_cosine(
+    a: FactoredLike,
+    b: FactoredLike,
+    left_metric: MetricLike = None,
+    right_metric: MetricLike = None,
+    *,
+    pairwise: bool = False,
+    method: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    memory_budget: float | None = None,
+) -> Tensor:
+    """Cosine `<a, b> / (|a| |b|)` of `factored_inner` (same arguments and shapes), float64 in [-1, 1].
+
+    A metric is None (identity), one square tensor used for all three products (a shared input covariance,
+    `m_a == m_b`), or a triple `(G_aa, G_ab, G_bb)`, e.g. `gram(E_a, E_a), gram(E_a, E_b), gram(E_b, E_b)`.
+    Pairs where either side has zero norm get 0.
+    """
+    Gaa, Gab, Gbb = _metric_triple(left_metric, "left_metric")
+    Haa, Hab, Hbb = _metric_triple(right_metric, "right_metric")
+    kw = dict(method=method, dtype=dtype, memory_budget=memory_budget)
+    inner = factored_inner(a, b, Gab, Hab, pairwise=pairwise, **kw)
+    na = factored_inner(a, a, Gaa, Haa, **kw)
+    nb = factored_inner(b, b, Gbb, Hbb, **kw)
+    if pairwise:
+        na = na.reshape(*na.shape, *([1] * nb.ndim))
+    return cosine_from_parts(inner, na, nb)
+
+
+def gram(
+    x: Float[Tensor, "rows d_x"],
+    y: Float[Tensor, "rows d_y"] | None = None,
+    *,
+    dim: int = 0,
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int = 8192,
+) -> Float[Tensor, "d_x d_y"]:
+    """Gram matrix contracting axis `dim` of two 2-D tensors, in `dtype`, converting `chunk_size` slices at a
+    time (no full-precision copy of a `[d_vocab, d_model]` matrix). `dim=0`: `x^T y` (embeddings `W_E`);
+    `dim=1`: `x y^T` (unembeddings `W_U`). `y=None` means `y = x`."""
+    same = y is None or y is x
+    y = x if y is None else y
+    if x.ndim != 2 or y.ndim != 2 or x.shape[dim] != y.shape[dim]:
+        raise ValueError(f"x, y: expected 2-D tensors sharing axis {dim}; got {tuple(x.shape)} and {tuple(y.shape)}")
+    if dim == 1:
+        x, y = x.T, y.T
+    out = torch.zeros(x.shape[1], y.shape[1], dtype=dtype, device=x.device)
+    for i0, i1 in _ranges(x.shape[0], chunk_size):
+        xc = x[i0:i1].to(dtype)
+        yc = xc if same else y[i0:i1].to(device=x.device, dtype=dtype)
+        out.addmm_(xc.T, yc)
+    return out

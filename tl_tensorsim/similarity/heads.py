@@ -1,0 +1,334 @@
+"""Symmetry-invariant weight similarity of attention heads: QK and OV circuits, all pairs, exact.
+
+Each head's QK circuit `W_Q W_K^T` (a bilinear form on the residual stream) and OV circuit `W_V W_O` are kept
+factored (rank `d_head`); the cosine between two heads is the Frobenius cosine of these `d_model x d_model`
+matrices (`level="residual"`), or of the full circuits through the embedding and unembedding
+(`level="token"`: `W_E QK W_E^T`, `W_E OV W_U`, `d_vocab x d_vocab`, never materialised; tensor_similarity.md §4):
+
+    <W_E,a QK_a W_E,a^T, W_E,b QK_b W_E,b^T> = Sum[(W_Q,a^T G W_Q,b) o (W_K,a^T G W_K,b)],   G = W_E,a^T W_E,b
+    <W_E,a OV_a W_U,a,  W_E,b OV_b W_U,b>    = Sum[(W_V,a^T G W_V,b) o (W_O,a H W_O,b^T)],   H = W_U,a W_U,b^T
+
+The Gram matrices `G`, `H` are computed once per model pair in float64 (`d_model_a x d_model_b`), so the token
+level also compares models of different widths that share a vocabulary.
+
+**Invariances.** The value depends only on the circuit matrices, so it is unchanged by the head-internal
+GL(d_head) gauges (`W_Q -> W_Q G, W_K -> W_K G^-T`; `W_V -> W_V G, W_O -> G^-1 W_O`) and by rescaling; the token
+level is also unchanged by any rotation of one model's residual stream applied consistently to all its weights.
+Raw weight cosines (`metric="raw_weight"`) are not. Softmax heads: equal circuits do not certify equal function
+through the softmax and LayerNorm; LayerNorm itself is not part of the circuits.
+
+**Positions** (`positions=True` or a number of positions `n`): the circuits' input side runs over all
+(token, position) pairs, rows `W_E[t] + W_pos[p]`, i.e. the bilinear form over every query (t, p) and key
+(t', p'). Its Gram is exact and cheap:
+`X_a^T X_b = n W_E,a^T W_E,b + d_vocab W_pos,a^T W_pos,b + e_a p_b^T + p_a e_b^T` (`e`, `p`: column sums).
+
+**Weight processing.** `fold_ln` folds LayerNorm gains into `W_Q, W_K, W_V` (changes QK and OV);
+`center_writing_weights` centres `W_O` (OV) and `W_E`, `W_pos` (token level); `center_unembed` centres `W_U`
+(token-level OV); `refactor_factored_attn_matrices` keeps QK and OV. Compare models processed the same way: a
+warning is raised when the models record different processing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from tl_tensorsim.adapter import ModelView, as_view
+from tl_tensorsim.artifacts import Artifact
+from tl_tensorsim.similarity.factored import cosine_from_parts, gram, pairwise_kernel
+
+CIRCUITS = ("QK", "OV")
+LEVELS = ("residual", "token")
+METRICS = ("tensor", "raw_weight", "behavioral")
+PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed")
+
+
+def check_choice(value: Any, options: tuple, argument: str) -> str:
+    if value not in options:
+        raise ValueError(f"{argument}: expected one of {options}; got {value!r}")
+    return value
+
+
+def circuit_factors(
+    view: ModelView, circuit: str
+) -> tuple[Float[Tensor, "n_heads d_model d_head"], Float[Tensor, "n_heads d_head d_model"]]:
+    """`(A, B)` with `A @ B` the circuit of every head, heads flattened in `head_labels()` order:
+    QK: `(W_Q, W_K^T)`; OV: `(W_V, W_O)`. Model dtype and device."""
+    check_choice(circuit, CIRCUITS, "circuit")
+    if circuit == "QK":
+        A, B = view.W_Q, view.W_K.transpose(-1, -2)
+    else:
+        A, B = view.W_V, view.W_O
+    return rearrange(A, "L H m r -> (L H) m r"), rearrange(B, "L H r n -> (L H) r n")
+
+
+def resolve_positions(views: list[ModelView], positions: bool | int) -> int | None:
+    """Number of positions for the token-level input side (None: embeddings only); checks every model has it."""
+    if positions is False or positions is None or positions == 0:
+        return None
+    for v in views:
+        if not v.has_weight("W_pos"):
+            raise ValueError(
+                f"positions: model {v.cfg.model_name!r} has no learned W_pos "
+                f"(positional_embedding_type={v.cfg.positional_embedding_type!r}); use positions=False"
+            )
+    n_ctx = {v.cfg.n_ctx for v in views}
+    if positions is True:
+        if len(n_ctx) > 1:
+            raise ValueError(f"positions=True: models have different n_ctx {sorted(n_ctx)}; pass a number of positions")
+        return n_ctx.pop()
+    if not isinstance(positions, int) or not 0 < positions <= min(n_ctx):
+        raise ValueError(f"positions: expected a bool or an int in [1, {min(n_ctx)}]; got {positions!r}")
+    return positions
+
+
+def token_parts(view: ModelView, circuit: str, n_pos: int | None) -> dict[str, Tensor]:
+    """The weights a token-level circuit reads besides the head: `E = W_E`, `P = W_pos[:n_pos]` (positions),
+    `U = W_U` (OV only). Model dtype and device."""
+    parts = {"E": view.W_E}
+    if n_pos is not None:
+        parts["P"] = view.W_pos[:n_pos]
+    if circuit == "OV":
+        parts["U"] = view.W_U
+    return parts
+
+
+def token_metrics(pa: dict[str, Tensor], pb: dict[str, Tensor], dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+    """Left and right metrics `(G, H)` of the token-level circuits between two models' `token_parts`, both
+    `[d_model_a, d_model_b]` in `dtype`: `G = X_a^T X_b` with `X = W_E` or rows `W_E[t] + W_pos[p]`
+    (`n W_E,a^T W_E,b + d_vocab W_pos,a^T W_pos,b + e_a p_b^T + p_a e_b^T`); `H = G` for QK and
+    `W_U,a W_U,b^T` for OV."""
+    Ea, Eb = pa["E"].to(device), pb["E"].to(device)
+    G = gram(Ea, Eb, dtype=dtype)
+    if "P" in pa:
+        Pa, Pb = pa["P"].to(device), pb["P"].to(device)
+        e_a, e_b = Ea.sum(0, dtype=dtype), Eb.sum(0, dtype=dtype)
+        p_a, p_b = Pa.sum(0, dtype=dtype), Pb.sum(0, dtype=dtype)
+        G = Pa.shape[0] * G + Ea.shape[0] * gram(Pa, Pb, dtype=dtype) + torch.outer(e_a, p_b) + torch.outer(p_a, e_b)
+    if "U" not in pa:
+        return G, G
+    return G, gram(pa["U"].to(device), pb["U"].to(device), dim=1, dtype=dtype)
+
+
+def warn_processing(procs: dict[str, dict], circuit: str, level: str, stacklevel: int = 3) -> None:
+    """Warn when compared models (name -> `ModelView.processing()`) record different weight processing."""
+    keys = ["fold_ln", "center_writing_weights"] + (["center_unembed"] if level == "token" and circuit == "OV" else [])
+    ref_name, ref = next(iter(procs.items()))
+    for name, p in procs.items():
+        diff = [k for k in keys if p.get(k) != ref.get(k)]
+        if diff:
+            warnings.warn(
+                f"{ref_name} and {name} were processed differently "
+                f"({', '.join(f'{k}: {ref.get(k)} vs {p.get(k)}' for k in diff)}). fold_ln changes W_Q/W_K/W_V and "
+                "center_writing_weights changes W_O/W_E, so the similarity mixes processing with learning; load all "
+                "models with the same processing flags.",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+            return
+
+
+@dataclass(repr=False)
+class HeadSimilarity(Artifact):
+    """Cosine similarities between every head of model a (rows) and of model b (columns).
+
+    `values` `[n_heads_a, n_heads_b]` float64; rows and columns ordered L0H0, L0H1, ..., L1H0, ...
+    `inner`, `norms_sq_a`, `norms_sq_b`: the raw inner products and squared norms behind the cosines.
+    """
+
+    values: Tensor
+    labels_a: list[str]
+    labels_b: list[str]
+    circuit: str
+    level: str
+    metric: str = "tensor"
+    inner: Tensor | None = None
+    norms_sq_a: Tensor | None = None
+    norms_sq_b: Tensor | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dataframe(self):
+        """`pandas.DataFrame` of `values`, index `labels_a`, columns `labels_b`."""
+        import pandas as pd
+
+        return pd.DataFrame(self.values.numpy(), index=self.labels_a, columns=self.labels_b)
+
+    def best_matches(self):
+        """For every head of model a, the most similar head of model b (DataFrame: head_a, head_b, similarity)."""
+        import pandas as pd
+
+        best = self.values.max(dim=1)
+        return pd.DataFrame(
+            {
+                "head_a": self.labels_a,
+                "head_b": [self.labels_b[i] for i in best.indices],
+                "similarity": best.values.numpy(),
+            }
+        )
+
+    def plot(self, path=None, ax=None, title: str | None = None):
+        """Heatmap of `values` (diverging, [-1, 1]), layer boundaries marked; saved to `path` when given."""
+        import matplotlib.pyplot as plt
+
+        fig = None
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        im = ax.imshow(self.values.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        for labels, lines, ticks in (
+            (self.labels_b, ax.axvline, ax.set_xticks),
+            (self.labels_a, ax.axhline, ax.set_yticks),
+        ):
+            layers = [lab.split("H")[0] for lab in labels]
+            starts = [i for i in range(len(layers)) if i == 0 or layers[i] != layers[i - 1]]
+            for s in starts[1:]:
+                lines(s - 0.5, color="k", lw=0.4)
+            if len(labels) <= 32:
+                ticks(range(len(labels)), labels, fontsize=6, **({"rotation": 90} if ticks == ax.set_xticks else {}))
+            else:
+                ticks(starts, [layers[s] for s in starts], fontsize=7)
+        ax.set_xlabel(self.settings.get("model_b", "model b"))
+        ax.set_ylabel(self.settings.get("model_a", "model a"))
+        ax.set_title(title or f"{self.circuit} {self.level} similarity ({self.metric})")
+        ax.figure.colorbar(im, ax=ax, fraction=0.046)
+        if path is not None:
+            ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+        return fig if fig is not None else ax.figure
+
+    def _tensors(self) -> dict[str, Tensor]:
+        out = {"values": self.values}
+        for k in ("inner", "norms_sq_a", "norms_sq_b"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
+
+    def _config(self) -> dict[str, Any]:
+        keys = ("labels_a", "labels_b", "circuit", "level", "metric", "settings")
+        return {k: getattr(self, k) for k in keys}
+
+    @classmethod
+    def _from_parts(cls, tensors, config) -> HeadSimilarity:
+        return cls(**config, **tensors)
+
+    def __repr__(self) -> str:
+        v = self.values
+        head = f"HeadSimilarity({self.metric}, {self.circuit}, {self.level}: {v.shape[0]} x {v.shape[1]}"
+        if v.shape[0] == v.shape[1]:
+            off = v[~torch.eye(v.shape[0], dtype=torch.bool)]
+            head += (
+                f", diagonal mean {v.diagonal().mean():.4f}, off-diagonal mean |x| {off.abs().mean():.4f}"
+                if off.numel()
+                else ""
+            )
+        return head + f", range [{v.min():.3f}, {v.max():.3f}])"
+
+
+def head_similarity(
+    model_a: Any,
+    model_b: Any = None,
+    circuit: str = "QK",
+    level: str = "residual",
+    *,
+    metric: str = "tensor",
+    positions: bool | int = False,
+    tokens: Tensor | None = None,
+    method: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    memory_budget: float | None = None,
+) -> HeadSimilarity:
+    """Cosine similarity of every head of `model_a` with every head of `model_b` (default: `model_a` itself).
+
+    Args:
+        model_a, model_b: HookedTransformer, TransformerBridge or ModelView.
+        circuit: "QK" (`W_Q W_K^T`) or "OV" (`W_V W_O`).
+        level: "residual" (`d_model x d_model` circuits; d_model must match) or "token" (full circuits through
+            `W_E` / `W_U`; the vocabulary must match).
+        metric: "tensor" (this method), or a baseline: "raw_weight" (cosine of the concatenated raw weights,
+            not gauge-invariant) or "behavioral" (cosine of the heads' outputs on `tokens`); baselines ignore
+            `level`.
+        positions: token level only: include `W_pos` (True: all n_ctx positions; an int: the first n).
+        method: "auto" (by operation count), "factored" or "dense"; identical numbers.
+        dtype: computation dtype (float64 default; float32 is faster on CPU and still returns float64).
+        device: where to compute (default: model_a's device); results are float64 on the CPU.
+        memory_budget: bytes of intermediate results held at once (default 1 GiB).
+
+    Returns:
+        `HeadSimilarity` with `.values [n_heads_a, n_heads_b]` (rows/columns L0H0, L0H1, ...).
+    """
+    check_choice(circuit, CIRCUITS, "circuit")
+    check_choice(metric, METRICS, "metric")
+    if metric != "tensor":
+        from tl_tensorsim.similarity import baselines
+
+        if metric == "raw_weight":
+            return baselines.raw_weight_similarity(model_a, model_b, circuit=circuit)
+        return baselines.behavioral_similarity(model_a, model_b, tokens=tokens, device=device)
+    check_choice(level, LEVELS, "level")
+    same = model_b is None or model_b is model_a
+    va = as_view(model_a)
+    vb = va if same else as_view(model_b)
+    if level == "residual" and va.cfg.d_model != vb.cfg.d_model:
+        raise ValueError(
+            f"model_b: level='residual' needs equal d_model; got {va.cfg.d_model} and {vb.cfg.d_model} "
+            "(use level='token', which compares models sharing a vocabulary)"
+        )
+    if level == "token" and va.cfg.d_vocab != vb.cfg.d_vocab:
+        raise ValueError(
+            f"model_b: level='token' needs the same vocabulary; got d_vocab {va.cfg.d_vocab} and {vb.cfg.d_vocab}"
+        )
+    if level == "residual" and positions:
+        raise ValueError("positions: only used with level='token'")
+    n_pos = resolve_positions([va, vb], positions) if level == "token" else None
+    proc_a = va.processing()
+    procs = {"model_a": proc_a, "model_b": proc_a if same else vb.processing()}
+    warn_processing(procs, circuit, level)
+    device = torch.device(device) if device is not None else va.device
+    Aa, Ba = (t.to(device=device, dtype=dtype)[None] for t in circuit_factors(va, circuit))
+    Ab, Bb = (None, None) if same else (t.to(device=device, dtype=dtype)[None] for t in circuit_factors(vb, circuit))
+    kw = dict(method=method, memory_budget=memory_budget)
+    with torch.no_grad():
+        if level == "residual":
+            Gaa = Gab = Gbb = Haa = Hab = Hbb = None
+        else:
+            pa = token_parts(va, circuit, n_pos)
+            pb = pa if same else token_parts(vb, circuit, n_pos)
+            Gab, Hab = token_metrics(pa, pb, dtype, device)
+            Gaa, Haa = (Gab, Hab) if same else token_metrics(pa, pa, dtype, device)
+            Gbb, Hbb = (Gab, Hab) if same else token_metrics(pb, pb, dtype, device)
+        inner = pairwise_kernel(Aa, Ba, Ab, Bb, Gab, Hab, **kw)[0]
+        if same:
+            na = nb = inner.diagonal()
+        else:
+            na = pairwise_kernel(Aa[0, :, None], Ba[0, :, None], Aa[0, :, None], Ba[0, :, None], Gaa, Haa, **kw)[
+                :, 0, 0
+            ]
+            nb = pairwise_kernel(Ab[0, :, None], Bb[0, :, None], Ab[0, :, None], Bb[0, :, None], Gbb, Hbb, **kw)[
+                :, 0, 0
+            ]
+    inner, na, nb = (t.to("cpu", torch.float64) for t in (inner, na, nb))
+    settings = {
+        "model_a": va.cfg.model_name,
+        "model_b": vb.cfg.model_name,
+        "positions": n_pos,
+        "dtype": str(dtype),
+        "processing_a": procs["model_a"],
+        "processing_b": procs["model_b"],
+    }
+    return HeadSimilarity(
+        values=cosine_from_parts(inner, na[:, None], nb[None, :]),
+        labels_a=va.head_labels(),
+        labels_b=vb.head_labels(),
+        circuit=circuit,
+        level=level,
+        metric="tensor",
+        inner=inner,
+        norms_sq_a=na.clone(),
+        norms_sq_b=nb.clone(),
+        settings=settings,
+    )
