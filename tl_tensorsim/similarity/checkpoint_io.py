@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ def _build_template(model: Any) -> Any:
         cfg = TransformerBridgeConfig(**model) if isinstance(model, Mapping) else model
         return TransformerBridge.boot_native(cfg)
     cfg = HookedTransformerConfig(**model) if isinstance(model, Mapping) else model
-    return HookedTransformer(cfg)
+    with warnings.catch_warnings():  # TransformerLens 3.x deprecation notice; the class is what the user asked for
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return HookedTransformer(cfg)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -1,0 +1,106 @@
+"""Float64 HookedTransformer fixtures and brute-force (materialised) circuits for the similarity tests."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import tl_tensorsim as ts
+
+CFG = dict(n_layers=2, d_model=24, n_ctx=6, d_head=6, n_heads=3, d_mlp=32, d_vocab=40, act_fn="gelu_new")
+
+
+def f64_model(seed: int = 0, **overrides):
+    """A random float64 HookedTransformer (2 layers x 3 heads) with non-trivial biases and LayerNorm."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(HookedTransformerConfig(**{**CFG, **overrides}, seed=seed, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or ".ln" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model.eval()
+
+
+def with_weights(model, **weights):
+    """A deep copy of `model` with stacked weights replaced (`W_Q=[L,H,d,r]`, `W_E=[V,d]`, ...)."""
+    model = copy.deepcopy(model)
+    keys = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U"}
+    with torch.no_grad():
+        for name, w in weights.items():
+            if name in keys:
+                model.get_parameter(keys[name]).copy_(w)
+            else:
+                for layer, block in enumerate(model.blocks):
+                    module = block.mlp if name in ("W_in", "W_out", "b_out") else block.attn
+                    getattr(module, name).copy_(w[layer])
+    return model
+
+
+def circuits(model, circuit: str, level: str, n_pos: int | None = None) -> torch.Tensor:
+    """Materialised circuits, one flattened matrix per head: `[n_heads, rows * cols]` (float64)."""
+    v = ts.as_view(model)
+    M = (v.QK if circuit == "QK" else v.OV).AB.flatten(0, 1).double()
+    if level == "token":
+        X = v.W_E.double()
+        if n_pos:
+            X = (v.W_E[:, None, :] + v.W_pos[None, :n_pos, :]).double().reshape(-1, v.cfg.d_model)
+        M = X @ M @ (X.T if circuit == "QK" else v.W_U.double())
+    return M.flatten(1)
+
+
+def brute_cosine(Ma: torch.Tensor, Mb: torch.Tensor) -> torch.Tensor:
+    return (Ma @ Mb.T) / (Ma.norm(dim=1)[:, None] * Mb.norm(dim=1)[None, :])
+
+
+def random_invertible(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Well-conditioned but far from orthogonal: QR rotation times log-uniform singular values in [0.3, 3]."""
+    q1, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    s = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-1.2, 1.1, generator=gen))
+    return q1 @ torch.diag(s) @ q2
+
+
+def gauge(model, seed: int = 0):
+    """Per-head GL(d_head) gauge: W_Q -> W_Q G, W_K -> W_K G^-T (and biases); W_V -> W_V G', W_O -> G'^-1 W_O."""
+    v = ts.as_view(model)
+    gen = torch.Generator().manual_seed(seed)
+    L, H, r = v.cfg.n_layers, v.cfg.n_heads, v.cfg.d_head
+    Gq = torch.stack([torch.stack([random_invertible(r, gen) for _ in range(H)]) for _ in range(L)])
+    Gv = torch.stack([torch.stack([random_invertible(r, gen) for _ in range(H)]) for _ in range(L)])
+    Gq_invT, Gv_inv = torch.linalg.inv(Gq).transpose(-1, -2), torch.linalg.inv(Gv)
+    return with_weights(
+        model,
+        W_Q=v.W_Q @ Gq,
+        b_Q=(v.b_Q[..., None, :] @ Gq)[..., 0, :],
+        W_K=v.W_K @ Gq_invT,
+        b_K=(v.b_K[..., None, :] @ Gq_invT)[..., 0, :],
+        W_V=v.W_V @ Gv,
+        b_V=(v.b_V[..., None, :] @ Gv)[..., 0, :],
+        W_O=Gv_inv @ v.W_O,
+    )
+
+
+@pytest.fixture(scope="module")
+def pair64():
+    return f64_model(0), f64_model(1)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, CFG["d_vocab"], (4, CFG["n_ctx"]), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests use tiny matrices: one thread avoids OpenMP barrier stalls on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
