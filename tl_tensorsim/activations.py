@@ -1,0 +1,401 @@
+"""`collect_activations`: stream a model's activations at one hook point into a `[n, d]` tensor.
+
+Batches run under `torch.no_grad()` with `stop_at_layer` set just past the hook's block (supported by both
+`HookedTransformer` and `TransformerBridge`), so later blocks and the unembedding are skipped. Rows are the
+selected `(sequence, position)` pairs in order, flattened. When the result would not fit in `max_memory_bytes`
+(or `out=` names a file) it is written as it comes to a `.npy` file and returned as a tensor view of that file
+(memory-mapped): a dataset larger than memory streams through.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tl_tensorsim.adapter import as_view
+from tl_tensorsim.hooks.binding import check_gate, gate_flag
+from tl_tensorsim.hooks.positions import Positions, check_positions, normalize_positions, positions_mask
+
+DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
+TOKEN_COLUMNS = ("tokens", "input_ids")
+_NPY_HEADER_BYTES = 256  # reserved up front so the header can be written once the row count is known
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+_EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
+
+
+# ---------------------------------------------------------------------------------------------- input
+def _as_token_tensor(value: Any, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except Exception as exc:  # noqa: BLE001 - reported as a TypeError naming the input
+            raise TypeError(
+                f"{what}: expected token ids (a LongTensor or a list of ints); got {type(value).__name__}"
+            ) from exc
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{what}: expected integer token ids; got dtype {t.dtype}")
+    if t.ndim == 1:
+        t = t.unsqueeze(0)
+    if t.ndim != 2:
+        raise ValueError(f"{what}: expected token ids [n_seq, pos] (or one sequence [pos]); got shape {list(t.shape)}")
+    return t.long()
+
+
+def _token_column(columns: Iterable[str], what: str) -> str:
+    columns = list(columns)
+    for name in TOKEN_COLUMNS:
+        if name in columns:
+            return name
+    raise ValueError(f"{what}: expected a column named one of {TOKEN_COLUMNS}; the columns are {columns}")
+
+
+def _row_of(item: Any, what: str) -> Tensor:
+    if isinstance(item, dict):
+        item = item[_token_column(item.keys(), what)]
+    return _as_token_tensor(item, what)
+
+
+class _Data:
+    """Uniform access to the input: `n_seq`/`seq` when known, and `chunks()` of `[b, pos]` token tensors."""
+
+    def __init__(self, data: Any):
+        self.tensor: Tensor | None = None
+        self.dataset: Any = None
+        self.iterable: Any = None
+        if isinstance(data, str) or (isinstance(data, (list, tuple)) and data and isinstance(data[0], str)):
+            raise TypeError(
+                "tokens_or_dataset: text is not accepted; tokenise it first (model.to_tokens(text)) and pass token ids"
+            )
+        if isinstance(data, Tensor):
+            self.tensor = _as_token_tensor(data, "tokens_or_dataset")
+            self.n_seq, self.seq = int(self.tensor.shape[0]), int(self.tensor.shape[1])
+        elif hasattr(data, "column_names") and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            self.dataset = data
+            self.column = _token_column(data.column_names, "tokens_or_dataset")
+            self.n_seq, self.seq = len(data), None
+        elif isinstance(data, Iterable):
+            self.iterable = data
+            self.n_seq = len(data) if hasattr(data, "__len__") else None
+            self.seq = None
+        else:
+            raise TypeError(
+                "tokens_or_dataset: expected token ids [n_seq, pos], a datasets.Dataset with a "
+                f"{' or '.join(TOKEN_COLUMNS)} column, or an iterable of sequences; got {type(data).__name__}"
+            )
+
+    def chunks(self, batch_size: int) -> Iterator[Tensor]:
+        if self.tensor is not None:
+            for i in range(0, self.n_seq, batch_size):
+                yield self.tensor[i : i + batch_size]
+        elif self.dataset is not None:
+            for i in range(0, self.n_seq, batch_size):
+                rows = self.dataset[i : i + batch_size][self.column]
+                if isinstance(rows, Tensor) and rows.ndim == 2:
+                    yield _as_token_tensor(rows, "tokens_or_dataset")
+                else:
+                    for row in rows:
+                        yield _as_token_tensor(row, "tokens_or_dataset")
+        else:
+            for item in self.iterable:
+                yield _row_of(item, "tokens_or_dataset")
+
+
+def _batches(chunks: Iterator[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """Regroup `[b, pos]` chunks into batches of at most `batch_size` rows of one length, in order."""
+    pending: list[Tensor] = []
+    rows = 0
+    for chunk in chunks:
+        if pending and chunk.shape[1] != pending[0].shape[1]:
+            yield torch.cat(pending)
+            pending, rows = [], 0
+        while chunk.shape[0]:
+            take = min(batch_size - rows, chunk.shape[0])
+            pending.append(chunk[:take])
+            rows += take
+            chunk = chunk[take:]
+            if rows == batch_size:
+                yield torch.cat(pending) if len(pending) > 1 else pending[0]
+                pending, rows = [], 0
+    if pending:
+        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    body = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    room = _NPY_HEADER_BYTES - 10 - 1  # magic (6) + version (2) + length (2); header ends with "\n"
+    if len(body) > room:  # pragma: no cover - shapes have at most a few dimensions
+        raise ValueError(f"shape {shape} does not fit in the reserved .npy header")
+    text = (body + " " * (room - len(body)) + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+
+
+class _Store:
+    """Rows `[m, *row_shape]` appended in order; kept in memory, or streamed to a `.npy` file."""
+
+    def __init__(
+        self,
+        row_shape: tuple[int, ...],
+        dtype: torch.dtype | None,
+        out: str | os.PathLike | None,
+        max_memory_bytes: int,
+        n_rows: int | None,
+    ):
+        self.row_shape = row_shape
+        self.row_numel = int(np.prod(row_shape)) if row_shape else 1
+        self.dtype = dtype
+        self.path: Path | None = Path(out) if out is not None else None
+        self.keep_file = out is not None
+        self.max_memory_bytes = int(max_memory_bytes)
+        self.n_rows = n_rows  # known in advance (tensor input), or None
+        self.rows = 0
+        self.chunks: list[Tensor] = []
+        self.buffer: Tensor | None = None
+        self.file = None
+
+    # --------------------------------------------------------- helpers
+    def _file_dtype(self) -> np.dtype:
+        return np.dtype(_NUMPY_DTYPES.get(self.dtype, np.float32))
+
+    def _open_file(self) -> None:
+        if self.path is None:
+            fd, name = tempfile.mkstemp(prefix="tl_tensorsim_activations_", suffix=".npy")
+            os.close(fd)
+            self.path = Path(name)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self.file.write(b"\0" * _NPY_HEADER_BYTES)
+        for chunk in self.chunks:
+            self._write(chunk)
+        self.chunks = []
+
+    def _write(self, rows: Tensor) -> None:
+        np.ascontiguousarray(rows.numpy().astype(self._file_dtype(), copy=False)).tofile(self.file)
+
+    def _bytes(self, n_rows: int) -> int:
+        return n_rows * self.row_numel * torch.empty((), dtype=self.dtype).element_size()
+
+    # --------------------------------------------------------- API
+    def append(self, rows: Tensor) -> None:
+        if self.dtype is None:
+            self.dtype = rows.dtype
+        rows = rows.detach().to("cpu", self.dtype)
+        if self.file is None and (
+            self.path is not None
+            or self._bytes(self.rows + rows.shape[0]) > self.max_memory_bytes
+            or (self.n_rows is not None and self._bytes(self.n_rows) > self.max_memory_bytes)
+        ):
+            self._open_file()
+        if self.file is not None:
+            self._write(rows)
+        elif self.n_rows is not None:
+            if self.buffer is None:
+                self.buffer = torch.empty((self.n_rows, *self.row_shape), dtype=self.dtype)
+            self.buffer[self.rows : self.rows + rows.shape[0]] = rows
+        else:
+            self.chunks.append(rows.clone())
+        self.rows += rows.shape[0]
+
+    def finish(self) -> Tensor:
+        dtype = self.dtype or torch.float32
+        if self.file is None:
+            if self.buffer is not None:
+                return self.buffer[: self.rows]
+            if not self.chunks:
+                return torch.empty((0, *self.row_shape), dtype=dtype)
+            return torch.cat(self.chunks)
+        self.file.seek(0)
+        self.file.write(_npy_header((self.rows, *self.row_shape), self._file_dtype()))
+        self.file.close()
+        self.file = None
+        array = np.load(self.path, mmap_mode="c") if self.rows else np.empty((0, *self.row_shape), self._file_dtype())
+        if not self.keep_file:
+            try:
+                os.unlink(self.path)  # the mapping stays valid; the disk space is freed with the tensor
+            except OSError:  # pragma: no cover - e.g. Windows keeps mapped files
+                pass
+        return torch.from_numpy(array)
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+            try:
+                os.unlink(self.path)
+            except OSError:  # pragma: no cover
+                pass
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _stop_layer(view: Any, name: str) -> int | None:
+    layer = view.hook_layer(name)
+    if layer is not None:
+        return layer + 1
+    if view.canonical_hook_name(name) in _EMBED_HOOKS:
+        return 0
+    return None
+
+
+def _positive_int(value: Any, argument: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{argument}: expected a positive int; got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{argument}: expected a positive int; got {value}")
+    return value
+
+
+def _check_tokens(tokens: Tensor, d_vocab: int) -> None:
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
+        raise ValueError(f"tokens_or_dataset: token id {bad} is out of range for d_vocab={d_vocab}")
+
+
+def collect_activations(
+    model: Any,
+    tokens_or_dataset: Any,
+    hook_name: str,
+    positions: Positions = None,
+    batch_size: int = 32,
+    *,
+    head: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    out: str | os.PathLike | None = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    progress: bool = True,
+) -> Tensor:
+    """The activations of `model` at `hook_name`, one row per selected `(sequence, position)`: `[n, d]`.
+
+    Args:
+        model: a `HookedTransformer` or `TransformerBridge` (or a `ModelView` of one).
+        tokens_or_dataset: token ids `LongTensor[n_seq, pos]`; a `datasets.Dataset` with a `tokens` or `input_ids`
+            column; or an iterable of sequences (LongTensors, lists of ints, or dicts with such a column).
+            Sequences of different lengths are run in separate batches. For datasets and iterables the token ids
+            and lengths are checked batch by batch (for a tensor, all before the first forward pass).
+        hook_name: a hook point whose last axis is the feature axis (`blocks.1.hook_resid_post`,
+            `blocks.0.mlp.hook_post`, `blocks.0.attn.hook_z`, ...). A gated hook point (`attn.hook_result`) is
+            switched on for the call and restored afterwards.
+        positions: rows to keep, as in the hooks: None (every position), an int (`-1`: the last token), a
+            `LongTensor[n_seq]` (one position per sequence) or a boolean mask `[n_seq, pos]`.
+        batch_size: sequences per forward pass.
+        head: for per-head hook points, keep one head (`[n, d_head]`); without it the rows are `[n, n_heads, d]`.
+        device: where the tokens go (default: the model's device). The result is always on the CPU.
+        dtype: the result's dtype (default: the activation's).
+        out: a `.npy` path to stream the result to; the returned tensor is a (copy-on-write) memory map of it.
+        max_memory_bytes: above this size the result is streamed to a temporary `.npy` file (deleted once
+            mapped; the memory map keeps it alive), even without `out`.
+        progress: show a tqdm bar.
+
+    Returns:
+        `Tensor[n, d]` (`[n, *feature_shape]` for a per-head hook without `head=`), in sequence-then-position order.
+
+    Raises:
+        ValueError: an unknown hook name (the nearest names are listed), a hook without a feature axis, a bad
+            `head`, or positions out of range, all before any forward pass.
+    """
+    from tqdm.auto import tqdm
+
+    view = as_view(model)
+    model = view.model
+    view.check_hook_name(hook_name)
+    feature_shape = view.feature_shape(hook_name)
+    if head is not None:
+        if isinstance(head, bool) or not isinstance(head, int):
+            raise TypeError(f"head: expected None or an int head index; got {type(head).__name__}")
+        if len(feature_shape) != 2:
+            raise ValueError(f"head: {hook_name!r} has no head axis (feature shape {feature_shape})")
+        if not 0 <= head < feature_shape[0]:
+            raise ValueError(f"head: {head} is out of range for {hook_name!r} with {feature_shape[0]} heads")
+    row_shape = feature_shape[1:] if head is not None else feature_shape
+    batch_size = _positive_int(batch_size, "batch_size")
+    positions = normalize_positions(positions)
+    data = _Data(tokens_or_dataset)
+    check_positions(positions, n_ctx=view.cfg.n_ctx, batch=data.n_seq, seq=data.seq)
+    if isinstance(positions, Tensor) and data.n_seq is None:
+        raise ValueError("positions: a per-sequence LongTensor or mask needs an input of known length (len())")
+    if data.tensor is not None:
+        if data.seq > view.cfg.n_ctx:
+            raise ValueError(
+                f"tokens_or_dataset: sequences of length {data.seq} exceed the model's n_ctx={view.cfg.n_ctx}"
+            )
+        _check_tokens(data.tensor, view.cfg.d_vocab)
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating dtype; got {dtype}")
+    if device is None:
+        device = view.device
+
+    n_rows = None
+    if data.tensor is not None:
+        n_rows = (
+            int(positions_mask(positions, data.n_seq, data.seq).sum())
+            if positions is not None
+            else data.n_seq * data.seq
+        )
+    store = _Store(row_shape, dtype, out, max_memory_bytes, n_rows)
+    stop = _stop_layer(view, hook_name)
+    flag = gate_flag(hook_name)
+    previous = bool(getattr(model.cfg, flag, False)) if flag else None
+    captured: list[Tensor] = []
+
+    def capture(activation: Tensor, hook: Any) -> None:
+        captured.append(activation.detach())
+
+    done = 0
+    enabled = False
+    bar = tqdm(total=data.n_seq, desc=f"collect {hook_name}", unit="seq", disable=not progress, leave=False)
+    try:
+        if flag and not previous:
+            try:
+                getattr(model, f"set_{flag}")(True)
+            except NotImplementedError as exc:
+                raise ValueError(f"hook_name: {hook_name!r} is not available on this {view.kind}: {exc}") from exc
+            enabled = True
+            check_gate(model, hook_name)
+        kwargs: dict[str, Any] = {} if stop is None else {"stop_at_layer": stop}
+        with torch.no_grad():
+            for tokens in _batches(data.chunks(batch_size), batch_size):
+                b, seq = tokens.shape
+                if data.tensor is None:
+                    if seq > view.cfg.n_ctx:
+                        raise ValueError(
+                            f"tokens_or_dataset: a sequence of length {seq} exceeds n_ctx={view.cfg.n_ctx}"
+                        )
+                    _check_tokens(tokens, view.cfg.d_vocab)
+                rows_positions = positions[done : done + b] if isinstance(positions, Tensor) else positions
+                mask = positions_mask(rows_positions, b, seq)
+                captured.clear()
+                model.run_with_hooks(tokens.to(device), fwd_hooks=[(hook_name, capture)], **kwargs)
+                if len(captured) != 1:
+                    raise RuntimeError(f"hook {hook_name!r} fired {len(captured)} times in one forward pass")
+                act = captured.pop()
+                if head is not None:
+                    act = act[:, :, head]
+                rows = act.reshape(b * seq, *row_shape) if mask is None else act[mask.to(act.device)]
+                store.append(rows if dtype is None else rows.to(dtype))
+                done += b
+                bar.update(b)
+        return store.finish()
+    except BaseException:
+        store.abort()
+        raise
+    finally:
+        bar.close()
+        captured.clear()
+        if enabled:
+            getattr(model, f"set_{flag}")(False)
