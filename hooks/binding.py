@@ -27,7 +27,7 @@ from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
 
-from .subspace import SubspaceHook
+from .base import SubspaceHook
 
 # hook-name suffix -> the config flag that gates it (the setter is `set_<flag>`)
 _GATES = {"attn.hook_result": "use_attn_result"}
