@@ -9,7 +9,6 @@ template model (given, or built from a config), so memory holds one model at a t
 
 from __future__ import annotations
 
-import gc
 import os
 import tempfile
 import warnings
@@ -90,14 +89,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def resolve_checkpoints(
     checkpoints: Any, checkpoint_indices: Sequence[int] | None, model: Any, pretrained_kwargs: dict | None
-) -> tuple[list[Callable[[], Any]], list[int] | None, bool]:
-    """(loaders, default steps, lazy): one zero-argument loader per checkpoint, called in order."""
+) -> tuple[list[Callable[[], Any]], list[int] | None]:
+    """(loaders, default steps): one zero-argument loader per checkpoint, called in order. A loaded model is
+    referenced only while its summary is taken (TransformerLens models hold no reference cycles), so it is
+    freed before the next one loads."""
     if isinstance(checkpoints, str):
         if not checkpoint_indices:
             raise ValueError("checkpoint_indices: a model name needs a list of checkpoint indices")
         kw = dict(pretrained_kwargs or {})
         loaders = [lambda i=int(i): load_pretrained_checkpoint(checkpoints, i, **kw) for i in checkpoint_indices]
-        return loaders, checkpoint_steps(checkpoints, checkpoint_indices), True
+        return loaders, checkpoint_steps(checkpoints, checkpoint_indices)
     if checkpoint_indices is not None:
         raise ValueError("checkpoint_indices: only used with a model name (str) as checkpoints")
     if not isinstance(checkpoints, Sequence) or len(checkpoints) == 0:
@@ -115,16 +116,14 @@ def resolve_checkpoints(
             raise ValueError(f"checkpoints: state dict does not fit the model given as `model`: {e}") from e
         return template[0]
 
-    loaders, lazy = [], False
+    loaders = []
     for i, item in enumerate(checkpoints):
         if isinstance(item, (str, os.PathLike)):
             loaders.append(lambda p=item: load_into(read_state_dict(p)))
-            lazy = True
         elif isinstance(item, Mapping):
             loaders.append(lambda sd=item: load_into(sd))
         elif callable(item) and not hasattr(item, "cfg"):
             loaders.append(item)
-            lazy = True
         elif isinstance(item, ModelView) or hasattr(item, "cfg"):
             loaders.append(lambda m=item: m)
         else:
@@ -132,12 +131,7 @@ def resolve_checkpoints(
                 f"checkpoints[{i}]: expected a model, ModelView, state dict, state-dict file or callable; "
                 f"got {type(item).__name__}"
             )
-    return loaders, None, lazy
-
-
-def release() -> None:
-    """Free the previous checkpoint before the next one loads (models can hold reference cycles)."""
-    gc.collect()
+    return loaders, None
 
 
 class SummaryStore:

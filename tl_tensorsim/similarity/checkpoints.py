@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from tl_tensorsim.adapter import as_view
 from tl_tensorsim.artifacts import Artifact
 from tl_tensorsim.similarity.baselines import head_outputs, raw_weight_vectors
-from tl_tensorsim.similarity.checkpoint_io import SummaryStore, release, resolve_checkpoints
+from tl_tensorsim.similarity.checkpoint_io import SummaryStore, resolve_checkpoints
 from tl_tensorsim.similarity.factored import DEFAULT_MEMORY_BUDGET, _ranges, cosine_from_parts, pairwise_kernel
 from tl_tensorsim.similarity.heads import (
     CIRCUITS,
@@ -208,7 +208,7 @@ def checkpoint_similarity(
     token_level = metric == "tensor" and level == "token"
     if positions and not token_level:
         raise ValueError("positions: only used with metric='tensor' and level='token'")
-    loaders, default_steps, lazy = resolve_checkpoints(checkpoints, checkpoint_indices, model, from_pretrained_kwargs)
+    loaders, default_steps = resolve_checkpoints(checkpoints, checkpoint_indices, model, from_pretrained_kwargs)
     T = len(loaders)
     steps = list(steps) if steps is not None else (default_steps or list(range(T)))
     if len(steps) != T:
@@ -231,16 +231,14 @@ def checkpoint_similarity(
             st.plan(summary, T)
         st.add(summary)
         procs[f"checkpoint {steps[t]}"] = view.processing()
-        del view, summary
-        if lazy:
-            release()
+        del view, summary  # the model is freed here unless the caller holds it
     warn_processing(procs, circuit, level)
     kw = dict(method=method, memory_budget=memory_budget)
     with torch.no_grad():
         if token_level:
             inner = _token_level_pairs(st, T, pairs, dtype, device, kw, progress)
         else:
-            inner = _batched_pairs(st, T, len(labels), pairs, dtype, device, kw, memory_budget)
+            inner = _batched_pairs(st, T, len(labels), pairs, dtype, device, kw)
     st.close()
     d = inner.diagonal(dim1=1, dim2=2)
     settings = {
@@ -263,19 +261,27 @@ def checkpoint_similarity(
 
 
 def _stack(st: SummaryStore, T: int, rows: slice, dtype, device) -> tuple[Tensor, Tensor | None]:
-    """Factors of heads `rows` across all checkpoints: `A [h, T, m, r]`, `B [h, T, r, n]` (None for baselines)."""
-    parts = [st.get(t, rows) for t in range(T)]
-    A = torch.stack([p["A"] for p in parts], dim=1).to(device=device, dtype=dtype)
-    B = torch.stack([p["B"] for p in parts], dim=1).to(device=device, dtype=dtype) if "B" in parts[0] else None
-    return A, B
+    """Factors of heads `rows` across all checkpoints: `A [h, T, m, r]`, `B [h, T, r, n]` (None for baselines),
+    converted once into preallocated `dtype` buffers."""
+    out: dict[str, Tensor] = {}
+    for t in range(T):
+        for k, v in st.get(t, rows).items():
+            if k in ("A", "B"):
+                if k not in out:
+                    out[k] = torch.empty(v.shape[0], T, *v.shape[1:], dtype=dtype, device=device)
+                out[k][:, t] = v
+    return out["A"], out.get("B")
 
 
-def _batched_pairs(st, T, n_heads, pairs, dtype, device, kw, memory_budget) -> Tensor:
-    """Inner products without a pair-dependent metric: per chunk of heads, one batched T x T evaluation."""
+def _batched_pairs(st, T, n_heads, pairs, dtype, device, kw) -> Tensor:
+    """Inner products without a pair-dependent metric: per chunk of heads, one batched T x T evaluation.
+    A quarter of the memory budget holds the chunk's stacked factors, half goes to the kernel."""
+    budget = kw.pop("memory_budget") or DEFAULT_MEMORY_BUDGET
+    kw["memory_budget"] = budget / 2
     first = st.get(0, slice(0, 1))
     per_head = T * sum(v[0].numel() for k, v in first.items() if k in ("A", "B")) * torch.finfo(dtype).bits // 8
     inner = torch.full((n_heads, T, T), float("nan"), dtype=torch.float64)
-    for h0, h1 in _ranges(n_heads, (memory_budget or DEFAULT_MEMORY_BUDGET) // (2 * per_head)):
+    for h0, h1 in _ranges(n_heads, budget // (4 * per_head)):
         A, B = _stack(st, T, slice(h0, h1), dtype, device)
         if pairs == "all":
             inner[h0:h1] = pairwise_kernel(A, B, **kw).cpu().double()

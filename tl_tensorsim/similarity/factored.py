@@ -97,8 +97,23 @@ def _right_apply(B: Tensor | None, H: Tensor | None, K: int, N: int) -> Tensor |
     return B @ H.T
 
 
-def _materialise(A: Tensor, B: Tensor | None) -> Tensor:
-    return A if B is None else A @ B
+class _Buffers:
+    """Reusable matmul outputs, one per slot: a fresh multi-hundred-MB tensor per chunk would page-fault anew
+    every time (and that, not the arithmetic, dominates on a CPU)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, Tensor] = {}
+
+    def matmul(self, slot: str, A: Tensor, B: Tensor | None) -> Tensor:
+        """`A @ B` into the slot's buffer (`A` itself for a dense operand, `B=None`)."""
+        if B is None:
+            return A
+        shape = (*torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]), A.shape[-2], B.shape[-1])
+        numel = math.prod(shape)
+        buf = self._bufs.get(slot)
+        if buf is None or buf.numel() < numel:
+            buf = self._bufs[slot] = A.new_empty(numel)
+        return torch.matmul(A, B, out=buf[:numel].view(shape))
 
 
 def _ranges(n: int, step: int):
@@ -156,24 +171,31 @@ def pairwise_kernel(
     Ab = _left_apply(G, Ab)
     Bb = _right_apply(Bb, H, K, Nb)
     out = Aa.new_empty(K, Na, Nb)
+    buf = _Buffers()
     if method == "factored":
         Pb = rearrange(Ab, "K N m r -> K m (N r)")
         Qb = rearrange(Bb, "K N r n -> K n (N r)")
         for k0, k1, i0, i1 in _blocks(K, Na, 2 * ra * Nb * rb * item, budget):
-            S = rearrange(Aa[k0:k1, i0:i1], "K N m r -> K (N r) m") @ Pb[k0:k1]
-            S.mul_(rearrange(Ba[k0:k1, i0:i1], "K N r n -> K (N r) n") @ Qb[k0:k1])
+            S = buf.matmul("left", rearrange(Aa[k0:k1, i0:i1], "K N m r -> K (N r) m"), Pb[k0:k1])
+            S.mul_(buf.matmul("right", rearrange(Ba[k0:k1, i0:i1], "K N r n -> K (N r) n"), Qb[k0:k1]))
             out[k0:k1, i0:i1] = reduce(S, "K (Na ra) (Nb rb) -> K Na Nb", "sum", ra=ra, rb=rb)
         return out
+
+    def materialise(slot: str, A: Tensor, B: Tensor | None, k0: int, k1: int, i0: int, i1: int) -> Tensor:
+        M = buf.matmul(slot, A[k0:k1, i0:i1], None if B is None else B[k0:k1, i0:i1])
+        return M.reshape(k1 - k0, i1 - i0, m * n)
+
     unit = m * n * item
-    if reuse and K * Na * unit <= budget:  # one materialisation serves both sides
-        M = _materialise(Aa, Ba).reshape(K, Na, m * n)
-        return M @ M.transpose(-1, -2)
-    for k0, k1, j0, j1 in _blocks(K, Nb, unit, budget / 2):
-        Mb = _materialise(Ab[k0:k1, j0:j1], None if Bb is None else Bb[k0:k1, j0:j1]).reshape(k1 - k0, j1 - j0, m * n)
-        for i0, i1 in _ranges(Na, (budget / 2) // ((k1 - k0) * unit)):
-            Ma = _materialise(Aa[k0:k1, i0:i1], None if Ba is None else Ba[k0:k1, i0:i1]).reshape(
-                k1 - k0, i1 - i0, m * n
-            )
+    if reuse and Na * unit <= budget:  # one materialisation serves both sides, a block of K at a time
+        for k0, k1, _, _ in _blocks(K, Na, unit, budget):
+            M = materialise("a", Aa, Ba, k0, k1, 0, Na)
+            out[k0:k1] = M @ M.transpose(-1, -2)
+        return out
+    # b side: as much as fits in 3/4 of the budget, materialised once; a side streamed through the rest
+    for k0, k1, j0, j1 in _blocks(K, Nb, unit, 0.75 * budget):
+        Mb = materialise("b", Ab, Bb, k0, k1, j0, j1)
+        for i0, i1 in _ranges(Na, (0.25 * budget) // ((k1 - k0) * unit)):
+            Ma = materialise("a", Aa, Ba, k0, k1, i0, i1)
             out[k0:k1, i0:i1, j0:j1] = Ma @ Mb.transpose(-1, -2)
     return out
 
@@ -314,5 +336,5 @@ def gram(
     for i0, i1 in _ranges(x.shape[0], chunk_size):
         xc = x[i0:i1].to(dtype)
         yc = xc if same else y[i0:i1].to(device=x.device, dtype=dtype)
-        out.addmm_(xc.T, yc)
+        out += xc.T @ yc
     return out
