@@ -1,0 +1,126 @@
+"""The demos behind `tl-tensorsim demo`: one module per demo, found by `pkgutil.iter_modules`.
+
+A demo module (`demos/<name>.py`, installed as `tl_tensorsim.demos.<name>`) defines
+
+    TITLE: str                    # its section title in the report
+    ORDER: int                    # position in the report (smaller first)
+    DEFAULT: bool                 # run by a bare `tl-tensorsim demo`
+    def run(report: tl_tensorsim.Report, full: bool = False) -> dict: ...   # headline numbers
+
+`run` adds its subsections (level 3 and below), tables and figures to `report`; the section title is
+added for it. `full=True` asks for the slow version (retraining, bigger sweeps). Adding a demo needs no
+change here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+DEFAULT_OUT = "tl_tensorsim_report"
+_REQUIRED = ("TITLE", "ORDER", "DEFAULT", "run")
+
+
+class DemoFailed(RuntimeError):
+    """One or more demos raised; the report (with their errors noted) was written anyway."""
+
+    def __init__(self, failed: list[str], report_path: Path):
+        self.failed = failed
+        self.report_path = report_path
+        super().__init__(f"demos failed: {', '.join(failed)} (errors noted in {report_path})")
+
+
+def _name(module: ModuleType) -> str:
+    return module.__name__.rsplit(".", 1)[-1]
+
+
+def available() -> list[ModuleType]:
+    """Every demo module in this package, sorted by `ORDER` (then name)."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if all(hasattr(module, attr) for attr in _REQUIRED):
+            found.append(module)
+    return sorted(found, key=lambda m: (m.ORDER, _name(m)))
+
+
+def get(name: str) -> ModuleType:
+    """The demo module called `name` (its file name without `.py`)."""
+    demos = {_name(m): m for m in available()}
+    if name not in demos:
+        raise ValueError(f"demo name: unknown demo {name!r}; available: {sorted(demos)}")
+    return demos[name]
+
+
+def run_demos(
+    names: list[str] | None = None, out_dir: str | os.PathLike = DEFAULT_OUT, full: bool = False, verbose: bool = True
+) -> Path:
+    """Run demos (`names`, or every `DEFAULT` demo) into one report; return the path of `out_dir/report.md`.
+
+    Each demo gets a section. A demo that raises has its traceback noted in its section; the others still run,
+    the report (a summary table first: status, seconds and the scalar headline numbers of each demo) and
+    `summary.json` (every headline value) are written, and then
+    `DemoFailed` is raised.
+    """
+    from tl_tensorsim.report import Report
+
+    modules = [m for m in available() if m.DEFAULT] if names is None else [get(n) for n in names]
+    if not modules:
+        raise ValueError("names: no demo to run")
+    report = Report(out_dir, title="tl_tensorsim demo report")
+    summary: list[dict[str, Any]] = []
+    for module in modules:
+        name = _name(module)
+        if verbose:
+            print(f"[tl-tensorsim] {name}: {module.TITLE} ...", flush=True)
+        report.section(module.TITLE)
+        t0 = time.perf_counter()
+        try:
+            headline = dict(module.run(report, full=full) or {})
+            status = "ok"
+        except Exception as exc:  # noqa: BLE001 - noted in the report, re-raised as DemoFailed below
+            headline, status = {}, f"failed: {type(exc).__name__}: {exc}"
+            report.text(f"**This demo failed.**\n\n```\n{traceback.format_exc()}```")
+        seconds = time.perf_counter() - t0
+        summary.append({"demo": name, "title": module.TITLE, "status": status, "seconds": seconds, **headline})
+        if verbose:
+            print(f"[tl-tensorsim] {name}: {status} in {seconds:.1f}s", flush=True)
+    rows = [
+        {
+            "demo": s["demo"],
+            "status": s["status"].split(":")[0],
+            "seconds": f"{s['seconds']:.1f}",
+            "headline": ", ".join(
+                f"{k}={_fmt(v)}"
+                for k, v in s.items()
+                if k not in ("demo", "title", "status", "seconds") and _fmt(v) is not None
+            ),
+        }
+        for s in summary
+    ]
+    head = Report(out_dir).text(f"Summary (`full={full}`):").table(rows)
+    report.blocks[:0] = head.blocks  # the summary goes first
+    path = report.write()
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    failed = [s["demo"] for s in summary if s["status"] != "ok"]
+    if failed:
+        raise DemoFailed(failed, path)
+    return path
+
+
+def _fmt(v: Any) -> str | None:
+    """A headline value for the summary table: numbers and short strings (lists and dicts are in summary.json)."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (int, str)) and len(str(v)) <= 40:
+        return str(v)
+    return None
