@@ -1,0 +1,150 @@
+"""Backdoor insertion on scikit-learn's bundled 8x8 digits (offline stand-in for the paper's SVHN study, §5.2).
+
+Model: Bilinear(64 -> h) then Linear(h -> 10), no bias (a `HookedTensorNetwork`). AdamW, input noise σ = 0.05.
+Clean training for `clean_steps`, then `poison_steps` in which a fraction `poison_frac` of every batch carries a
+small bright square in the top-right corner and is relabelled to `target` (9). Checkpoints every `every` steps.
+Attack success = fraction of triggered test images whose true class is not the target that are classified as it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from tl_tensorsim.models._threads import limit_threads
+from tl_tensorsim.tensor_networks.network import HookedTensorNetwork, TensorNetworkConfig
+
+
+@dataclass
+class BackdoorConfig:
+    d_hidden: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 512
+    noise: float = 0.05
+    clean_steps: int = 4000
+    poison_steps: int = 1000
+    every: int = 125
+    poison_frac: float = 0.1
+    target: int = 9
+    trigger_size: int = 2
+    test_frac: float = 0.25
+    seed: int = 1337
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_digits_split(test_frac: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`(x_train, y_train, x_test, y_test)`: 8x8 digits flattened to 64 and scaled to [0, 1], stratified split."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as e:  # an optional dependency (the `demos` and `dev` extras)
+        raise ImportError("the digits backdoor model needs scikit-learn: pip install 'tl-tensorsim[demos]'") from e
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_frac, random_state=seed, stratify=y)
+    return xtr, ytr, xte, yte
+
+
+def stamp(x: Tensor, size: int = 2) -> Tensor:
+    """Put a `size x size` square of full intensity in the top-right corner of flattened 8x8 images."""
+    img = x.reshape(-1, 8, 8).clone()
+    img[:, :size, 8 - size :] = 1.0
+    return img.reshape(x.shape)
+
+
+def make_model(cfg: BackdoorConfig) -> HookedTensorNetwork:
+    return HookedTensorNetwork(
+        TensorNetworkConfig(
+            d_in=64,
+            d_hidden=cfg.d_hidden,
+            n_layers=1,
+            d_out=10,
+            embed=False,
+            down_proj=False,
+            bias=False,
+            seed=cfg.seed,
+            model_name="digits_backdoor",
+        )
+    )
+
+
+@dataclass
+class BackdoorRun:
+    cfg: BackdoorConfig
+    steps: list[int] = field(default_factory=list)
+    states: list[dict[str, Tensor]] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    attack_success: list[float] = field(default_factory=list)
+    x_test: Tensor | None = None
+    y_test: Tensor | None = None
+
+    @property
+    def poisoned(self) -> list[bool]:
+        """Whether each checkpoint was taken after poisoning began (step 0 and the last clean step count as clean)."""
+        return [s > self.cfg.clean_steps for s in self.steps]
+
+    def models(self) -> list[HookedTensorNetwork]:
+        nets = []
+        for state in self.states:
+            net = make_model(self.cfg)
+            net.load_state_dict(state)
+            nets.append(net)
+        return nets
+
+
+def train(cfg: BackdoorConfig, progress: bool = True, threads: int | None = 1) -> BackdoorRun:
+    """Clean, then poisoned training; checkpoints every `cfg.every` steps with test accuracy and attack success.
+    `threads`: torch intra-op threads while training (see `_threads.py`; None leaves the setting alone)."""
+    with limit_threads(threads):
+        return _train(cfg, progress)
+
+
+def _train(cfg: BackdoorConfig, progress: bool) -> BackdoorRun:
+    torch.manual_seed(cfg.seed)
+    xtr, ytr, xte, yte = load_digits_split(cfg.test_frac, cfg.seed)
+    net = make_model(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    run = BackdoorRun(cfg, x_test=xte, y_test=yte)
+    not_target = yte != cfg.target
+    x_attack = stamp(xte[not_target], cfg.trigger_size)
+    total = cfg.clean_steps + cfg.poison_steps
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="backdoor", mininterval=2.0)
+    n_poison = int(round(cfg.poison_frac * cfg.batch_size))
+    for step in range(total + 1):
+        if step % cfg.every == 0 or step == total:
+            with torch.no_grad():
+                run.test_acc.append(float((net(xte).argmax(-1) == yte).float().mean()))
+                run.attack_success.append(float((net(x_attack).argmax(-1) == cfg.target).float().mean()))
+            run.steps.append(step)
+            run.states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+            if bar is not None:
+                bar.set_postfix(test_acc=f"{run.test_acc[-1]:.3f}", asr=f"{run.attack_success[-1]:.3f}")
+        if step == total:
+            break
+        idx = torch.randint(len(xtr), (cfg.batch_size,), generator=gen)
+        x, y = xtr[idx], ytr[idx].clone()
+        if step >= cfg.clean_steps:
+            x = torch.cat([stamp(x[:n_poison], cfg.trigger_size), x[n_poison:]])
+            y[:n_poison] = cfg.target
+        x = x + cfg.noise * torch.randn(x.shape, generator=gen)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return run
