@@ -50,8 +50,17 @@ def test_broadcast_and_factored_matrix_identity(method):
 
 def test_self_pairs_kernel_matches_explicit_b():
     A, B = rand(2, 5, 9, 3, seed=1), rand(2, 5, 3, 9, seed=2)
+    ref = pairwise_kernel(A, B, A, B, method="factored")
     for method in ("factored", "dense"):
-        torch.testing.assert_close(pairwise_kernel(A, B, method=method), pairwise_kernel(A, B, A, B, method=method))
+        for budget in (None, 9 * 9 * 8 * 5, 100):  # all at once; one block of K at a time; one matrix at a time
+            torch.testing.assert_close(pairwise_kernel(A, B, method=method, memory_budget=budget), ref)
+
+
+def test_dense_operands_with_metrics():
+    Ma, Mb = rand(3, 6, 5, seed=1), rand(4, 7, 8, seed=2)
+    G, H = rand(6, 7, seed=3), rand(5, 8, seed=4)
+    out = factored_inner(Ma, Mb, G, H, pairwise=True, memory_budget=300)
+    torch.testing.assert_close(out, brute(Ma[:, None], Mb[None], G, H), rtol=1e-12, atol=1e-10)
 
 
 def test_cosine_with_metric_triples_is_sandwiched_frobenius_cosine():
