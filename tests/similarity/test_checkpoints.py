@@ -143,7 +143,7 @@ def test_result_jump_plot_dataframe_save_load(run, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    res = checkpoint_similarity(run, "QK", steps=[0, 100, 200, 300], progress=False)
+    res = checkpoint_similarity(run, "QK", steps=torch.tensor([0, 100, 200, 300]), progress=False)
     jump = res.largest_jump("L1H2")
     curve = res.matrix("L1H2")[-1]
     k = int(torch.argmax(curve[1:] - curve[:-1]))

@@ -210,7 +210,11 @@ def checkpoint_similarity(
         raise ValueError("positions: only used with metric='tensor' and level='token'")
     loaders, default_steps = resolve_checkpoints(checkpoints, checkpoint_indices, model, from_pretrained_kwargs)
     T = len(loaders)
-    steps = list(steps) if steps is not None else (default_steps or list(range(T)))
+    steps = (
+        [s.item() if hasattr(s, "item") else s for s in steps]
+        if steps is not None
+        else (default_steps or list(range(T)))
+    )
     if len(steps) != T:
         raise ValueError(f"steps: expected {T} values (one per checkpoint); got {len(steps)}")
     st, procs, arch, n_pos = SummaryStore(store), {}, None, None
