@@ -190,6 +190,13 @@ def interchange_experiment(
 
 
 def run(report: Any, full: bool = False) -> dict[str, Any]:
+    from tl_tensorsim.models._threads import limit_threads
+
+    with limit_threads(1):  # small batches of a small model: one thread is fastest on a shared machine
+        return _run(report, full)
+
+
+def _run(report: Any, full: bool) -> dict[str, Any]:
     from transformer_lens.head_detector import detect_head
 
     from tl_tensorsim.models.induction import (

@@ -29,6 +29,7 @@ from jaxtyping import Bool, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from tl_tensorsim.models._threads import limit_threads
 from tl_tensorsim.models.toy import build_tl_model, load_tl_state_dict, tl_state_dict, toy_tokenizer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -92,19 +93,9 @@ class InductionConfig:
 
     def tl_fields(self) -> dict[str, Any]:
         """The TransformerLens config fields (HookedTransformerConfig / TransformerBridgeConfig)."""
-        out = dict(
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            d_model=self.d_model,
-            d_head=self.d_head,
-            n_ctx=self.n_ctx,
-            d_vocab=self.d_vocab,
-            attn_only=self.attn_only,
-            normalization_type=self.normalization_type,
-            positional_embedding_type=self.positional_embedding_type,
-            seed=self.seed,
-            model_name=MODEL_NAME,
-        )
+        names = ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "attn_only", "normalization_type")
+        out = {k: getattr(self, k) for k in (*names, "positional_embedding_type", "seed")}
+        out["model_name"] = MODEL_NAME
         if not self.attn_only:
             out.update(d_mlp=self.d_mlp or 4 * self.d_model, act_fn="gelu_new")
         return out
@@ -142,19 +133,11 @@ def make_batch(
     for b in range(batch_size):
         L = int(lengths[b])
         free = body - 2 * L
-        u, v = sorted(torch.randint(0, free + 1, (2,), generator=g).tolist())
-        p, q = u, u + L + (v - u)  # first copy at p, second at q; u, v - u, free - v filler tokens around them
+        u, v = sorted(torch.randint(0, free + 1, (2,), generator=g).tolist())  # u, v - u, free - v fillers
         perm = torch.randperm(c.n_tokens, generator=g)[: body - L]
         seg, filler = perm[:L], perm[L:]
-        content = torch.empty(body, dtype=torch.long)
-        is_seg = torch.zeros(body, dtype=torch.bool)
-        is_seg[p : p + L] = True
-        is_seg[q : q + L] = True
-        content[p : p + L] = seg
-        content[q : q + L] = seg
-        content[~is_seg] = filler
-        tokens[b, 1:] = content
-        mask[b, 1 + q : q + L] = True  # sequence positions 1+q .. q+L-1 predict s[1] .. s[L-1]
+        tokens[b, 1:] = torch.cat([filler[:u], seg, filler[u:v], seg, filler[v:]])  # copies at u and v + L
+        mask[b, 1 + v + L : v + 2 * L] = True  # sequence positions 1+q .. q+L-1 (q = v + L) predict s[1] .. s[L-1]
     return tokens, mask
 
 
@@ -185,10 +168,6 @@ def build_model(
     return build_tl_model(config.tl_fields(), tokenizer=tokenizer, device=device, backend=backend)
 
 
-def _model_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _config_of(model: Any) -> InductionConfig:
     cfg = getattr(model, "induction_config", None)
     return cfg if isinstance(cfg, InductionConfig) else InductionConfig()
@@ -197,7 +176,7 @@ def _config_of(model: Any) -> InductionConfig:
 @torch.no_grad()
 def evaluate(model: Any, tokens: Tensor, mask: Tensor) -> dict[str, float]:
     """Mean next-token loss over all positions and top-1 accuracy on the induction-predictable ones."""
-    dev = _model_device(model)
+    dev = next(model.parameters()).device
     tokens, mask = tokens.to(dev), mask.to(dev)
     logits = model(tokens)[:, :-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
@@ -269,21 +248,30 @@ def train(
     progress: bool = True,
     device: str | torch.device | None = None,
     backend: str | None = None,
+    threads: int | None = 1,
 ) -> TrainingRun:
-    """Train the induction model from scratch; deterministic given `config.seed` (on one device).
+    """Train the induction model from scratch; deterministic given `config.seed` (same device, thread count, torch).
 
-    AdamW: linear warm-up, constant `lr`, cosine decay to `min_lr_factor * lr` over the last `1 - decay_start`; fresh batches from `make_batch` every step.
+    AdamW: linear warm-up, constant `lr`, cosine decay to `min_lr_factor * lr` over the last `1 - decay_start` of
+    the steps; a fresh batch from `make_batch` every step, loss on every next-token prediction.
     `checkpoint_steps`: steps (0..config.steps) at which to keep a copy of the weights and evaluate.
-    device: defaults to CPU (the model is small enough that CPU is as fast as a GPU).
+    device: defaults to CPU. threads: torch intra-op threads while training (1: fastest for this small model on
+    a shared machine, and reproducible; None leaves the setting alone).
     """
-    from tqdm.auto import tqdm
-
     config = config or InductionConfig()
     steps_wanted = sorted(set(checkpoint_steps or []))
     bad = [s for s in steps_wanted if not isinstance(s, int) or not 0 <= s <= config.steps]
     if bad:
         raise ValueError(f"checkpoint_steps: expected integers in 0..{config.steps}; got {bad}")
-    device = torch.device(device or "cpu")
+    with limit_threads(threads):
+        return _train(config, steps_wanted, progress, torch.device(device or "cpu"), backend)
+
+
+def _train(
+    config: InductionConfig, steps_wanted: list[int], progress: bool, device: torch.device, backend: str | None
+) -> TrainingRun:
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
     model = build_model(config, device=device, backend=backend)
     model.induction_config = config
@@ -305,14 +293,10 @@ def train(
         if step in steps_wanted:
             run.checkpoints.append((step, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
 
-    def due(step: int) -> bool:
-        return step in steps_wanted or step % config.eval_every == 0 or step == config.steps
-
     record(0)
     bar = tqdm(range(1, config.steps + 1), desc="train induction model", disable=not progress)
     for step in bar:
-        tokens, _ = make_batch(config, config.batch_size, gen)
-        tokens = tokens.to(device)
+        tokens = make_batch(config, config.batch_size, gen)[0].to(device)
         logits = model(tokens)[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -320,10 +304,11 @@ def train(
         opt.step()
         sched.step()
         recent.append(loss.item())
-        if due(step):
+        if step in steps_wanted or step % config.eval_every == 0 or step == config.steps:
             record(step)
-            last = run.history[-1]
-            bar.set_postfix(loss=f"{last['loss']:.3f}", ind_acc=f"{last['induction_accuracy']:.3f}")
+            bar.set_postfix(
+                loss=f"{run.history[-1]['loss']:.3f}", ind_acc=f"{run.history[-1]['induction_accuracy']:.3f}"
+            )
     model.eval()
     run.seconds = time.perf_counter() - t0
     return run
@@ -332,7 +317,7 @@ def train(
 # ---------------------------------------------------------------------------------------- save / load
 def save_weights(run: TrainingRun, directory: str | os.PathLike = WEIGHTS_DIR, name: str = WEIGHTS_NAME) -> Path:
     """Write `NAME.safetensors` (TL-named weights) and `NAME.json` (config + training summary)."""
-    import transformer_lens
+    from importlib.metadata import version
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -349,7 +334,7 @@ def save_weights(run: TrainingRun, directory: str | os.PathLike = WEIGHTS_DIR, n
             "induction_accuracy_heldout": round(induction_accuracy(run.model, config=run.config), 4),
             "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in run.history],
             "torch": torch.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+            "transformer_lens": version("transformer_lens"),
         },
     }
     tmp = directory / f".{name}.safetensors.tmp"
