@@ -138,3 +138,20 @@ def test_save_and_load_weights(tmp_path):
     tokens, _ = ind.make_batch(cfg, 2)
     with torch.no_grad():
         assert torch.equal(loaded(tokens), run.model(tokens))
+
+
+def test_load_default_trains_and_caches_when_weights_are_missing(tmp_path, monkeypatch):
+    calls, real_train = [], ind.train
+
+    def quick_train(config):
+        calls.append(config)
+        return real_train(ind.InductionConfig(steps=2, batch_size=4, eval_size=8, warmup_steps=1), progress=False)
+
+    monkeypatch.setattr(ind, "WEIGHTS_DIR", tmp_path / "absent")
+    monkeypatch.setattr(ind, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(ind, "train", quick_train)
+    first = ind.load_default()
+    assert len(calls) == 1 and (tmp_path / "cache" / "induction_2l.safetensors").is_file()
+    second = ind.load_default()
+    assert len(calls) == 1 and not second.training
+    assert torch.equal(first.W_E, second.W_E)
