@@ -36,11 +36,6 @@ def _relabel(tokens: Tensor, n_tokens: int, seed: int) -> Tensor:
     return torch.where(tokens >= n_tokens, tokens, out)
 
 
-def _accuracy(logits: Tensor, tokens: Tensor, mask: Tensor) -> float:
-    hit = logits[:, :-1].argmax(-1) == tokens[:, 1:]
-    return float(hit[mask[:, :-1]].float().mean())
-
-
 def _head_table(prev: Tensor, ind: Tensor) -> list[dict[str, Any]]:
     return [
         {
@@ -139,9 +134,9 @@ def interchange_experiment(
     """
     import tl_tensorsim as ts
     from tl_tensorsim import hooks
-    from tl_tensorsim.models.induction import _config_of, make_batch
+    from tl_tensorsim.models.induction import config_of, make_batch, masked_accuracy
 
-    cfg = _config_of(model)
+    cfg = config_of(model)
     view = ts.ModelView(model)
     dev, dtype = view.device, view.dtype
     tokens, mask = make_batch(cfg, n, torch.Generator().manual_seed(seed + 777))
@@ -156,7 +151,7 @@ def interchange_experiment(
         with model.hooks(fwd_hooks=fwd_hooks):
             logits, cache = model.run_with_cache(tokens, names_filter=[pattern])
         att = cache[pattern][:, induction_heads][qb, :, qj, key]  # [n_queries, heads]
-        return _accuracy(logits, tokens, mask), float(att.mean())
+        return masked_accuracy(logits, tokens, mask), float(att.mean())
 
     with torch.no_grad():
         _, cache = model.run_with_cache(source_tokens, names_filter=[HOOK])
@@ -201,9 +196,10 @@ def _run(report: Any, full: bool) -> dict[str, Any]:
 
     from tl_tensorsim.models.induction import (
         InductionConfig,
-        _config_of,
+        config_of,
         induction_accuracy,
         load_default,
+        masked_accuracy,
         repeated_tokens,
         train,
     )
@@ -221,14 +217,14 @@ def _run(report: Any, full: bool) -> dict[str, Any]:
             f"the shipped weights (`tl_tensorsim/models/weights/induction_2l.safetensors`, trained by "
             f"`python -m tl_tensorsim.models.induction` in {summary.get('steps', '?')} steps)"
         )
-    cfg = _config_of(model)
+    cfg = config_of(model)
     acc = induction_accuracy(model, n=N_EVAL)
     rep = repeated_tokens(cfg, N_EVAL, seed=1).to(next(model.parameters()).device)
     rep_mask = torch.zeros_like(rep, dtype=torch.bool)
     half = (rep.shape[1] - 1) // 2
     rep_mask[:, 1 + half : -1] = True
     with torch.no_grad():
-        rep_acc = _accuracy(model(rep), rep, rep_mask)
+        rep_acc = masked_accuracy(model(rep), rep, rep_mask)
 
     report.section("Model and induction accuracy", level=3)
     report.text(

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -168,9 +168,18 @@ def build_model(
     return build_tl_model(config.tl_fields(), tokenizer=tokenizer, device=device, backend=backend)
 
 
-def _config_of(model: Any) -> InductionConfig:
+def config_of(model: Any) -> InductionConfig:
+    """The `InductionConfig` a model was built with (`load_default`, `load_weights`, `train`), else the default."""
     cfg = getattr(model, "induction_config", None)
     return cfg if isinstance(cfg, InductionConfig) else InductionConfig()
+
+
+def masked_accuracy(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"]
+) -> float:
+    """Top-1 next-token accuracy of `logits` at the positions where `mask` is True (as `make_batch` returns)."""
+    hit = logits[:, :-1].argmax(-1) == tokens[:, 1:]
+    return float(hit[mask[:, :-1]].float().mean())
 
 
 @torch.no_grad()
@@ -178,16 +187,14 @@ def evaluate(model: Any, tokens: Tensor, mask: Tensor) -> dict[str, float]:
     """Mean next-token loss over all positions and top-1 accuracy on the induction-predictable ones."""
     dev = next(model.parameters()).device
     tokens, mask = tokens.to(dev), mask.to(dev)
-    logits = model(tokens)[:, :-1]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
-    hit = logits.argmax(-1) == tokens[:, 1:]
-    m = mask[:, :-1]
-    return {"loss": float(loss), "induction_accuracy": float(hit[m].float().mean())}
+    logits = model(tokens)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+    return {"loss": float(loss), "induction_accuracy": masked_accuracy(logits, tokens, mask)}
 
 
 def induction_accuracy(model: Any, n: int = 512, seed: int = 12345, config: InductionConfig | None = None) -> float:
     """Top-1 accuracy on induction-predictable tokens of `n` fresh sequences from `make_batch` (seeded)."""
-    config = config or _config_of(model)
+    config = config or config_of(model)
     tokens, mask = make_batch(config, n, torch.Generator().manual_seed(seed))
     return evaluate(model, tokens, mask)["induction_accuracy"]
 
@@ -380,14 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: InductionConfig.steps)")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    config = InductionConfig()
-    if args.steps is not None:
-        config.steps = args.steps
-    if args.seed is not None:
-        config.seed = args.seed
-    run = train(config)
+    run = train(InductionConfig(**{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}))
     path = save_weights(run, args.out)
-    print(f"{run!r}\nheld-out induction accuracy {induction_accuracy(run.model):.4f}\nwrote {path}")
+    heldout = json.loads(path.with_suffix(".json").read_text())["training"]["induction_accuracy_heldout"]
+    print(f"{run!r}\nheld-out induction accuracy {heldout:.4f}\nwrote {path} and {path.with_suffix('.json').name}")
     return 0
 
 
