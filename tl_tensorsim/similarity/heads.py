@@ -46,7 +46,6 @@ from tl_tensorsim.similarity.factored import cosine_from_parts, gram, pairwise_k
 CIRCUITS = ("QK", "OV")
 LEVELS = ("residual", "token")
 METRICS = ("tensor", "raw_weight", "behavioral")
-PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed")
 
 
 def check_choice(value: Any, options: tuple, argument: str) -> str:
