@@ -113,7 +113,8 @@ def main(quick: bool = False) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: {cfg}")
     ref = {dt: matmul_gflops(dt) for dt in (torch.float64, torch.float32)}
     print(
-        f"plain torch matmul 3072^3: float64 {ref[torch.float64]:.1f} GFLOP/s, float32 {ref[torch.float32]:.1f} GFLOP/s"
+        f"plain torch matmul 3072^3, best of 3 (re-measured before each row below): float64 {ref[torch.float64]:.1f}, "
+        f"float32 {ref[torch.float32]:.1f} GFLOP/s"
     )
     t0 = time.perf_counter()
     a, b = build(0, cfg), build(1, cfg)
