@@ -215,7 +215,7 @@ def _run(report: Any, full: bool) -> dict[str, Any]:
         history = summary.get("history", [])
         origin = (
             f"the shipped weights (`tl_tensorsim/models/weights/induction_2l.safetensors`, trained by "
-            f"`python -m tl_tensorsim.models.induction` in {summary.get('steps', '?')} steps)"
+            f"`tl-tensorsim train-induction` in {summary.get('steps', '?')} steps)"
         )
     cfg = config_of(model)
     acc = induction_accuracy(model, n=N_EVAL)

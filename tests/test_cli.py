@@ -63,3 +63,14 @@ def test_failing_demo_is_noted_and_reported(tmp_path, monkeypatch, capsys):
     assert text.index("| demo |") < text.index("## A")  # the summary table comes first
     path = demos.run_demos(["a"], tmp_path / "only_a", verbose=False)
     assert path.read_text().count("## ") == 1
+
+
+def test_train_induction_subcommand_passes_its_arguments(monkeypatch, tmp_path):
+    from tl_tensorsim.models import induction
+
+    seen = {}
+    monkeypatch.setattr(
+        induction, "retrain", lambda out, steps=None, seed=None: seen.update(out=out, steps=steps, seed=seed)
+    )
+    assert cli.main(["train-induction", "--out", str(tmp_path), "--steps", "7", "--seed", "3"]) == 0
+    assert seen == {"out": str(tmp_path), "steps": 7, "seed": 3}

@@ -1,22 +1,84 @@
 """tl_tensorsim: a TransformerLens plugin for weight-based and subspace-based interpretability.
 
 The public API is flat, as in SAELens: everything a user calls is importable from `tl_tensorsim`.
+
+    import tl_tensorsim as ts
+    from tl_tensorsim import hooks
+
+    sim = ts.head_similarity(model_a, model_b, circuit="OV", level="token")
+    traj = ts.checkpoint_similarity(checkpoints, circuit="QK")
+    ts.tensor_similarity(net_a, net_b)                      # HookedTensorNetwork / BilinearLayer / FactoredMatrix
+    acts = ts.collect_activations(model, tokens, "blocks.1.hook_resid_post")
+
+Importing `tl_tensorsim` registers the identity activation (`act_fn="identity"`) with TransformerLens, so a
+`HookedTransformer` with `gated_mlp=True` has bilinear MLPs.
 """
 
-from tl_tensorsim import hooks
+from tl_tensorsim import circuits, hooks
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import ModelConfig, ModelView, as_view
 from tl_tensorsim.artifacts import Artifact, load_artifact, save_artifact
+from tl_tensorsim.models.induction import InductionConfig, TrainingRun, induction_accuracy
+from tl_tensorsim.models.induction import load_default as load_induction_model
+from tl_tensorsim.models.induction import train as train_induction_model
 from tl_tensorsim.report import Report
+from tl_tensorsim.similarity import (
+    CheckpointSimilarity,
+    HeadSimilarity,
+    behavioral_similarity,
+    checkpoint_similarity,
+    factored_cosine,
+    factored_inner,
+    head_similarity,
+    raw_weight_similarity,
+)
+from tl_tensorsim.tensor_networks import (
+    BilinearLayer,
+    HookedTensorNetwork,
+    NotPolynomialError,
+    TensorNetworkConfig,
+    TensorSimilarityMatrix,
+    bilinear_config,
+    extract_mlp,
+    extract_mlps,
+    tensor_inner,
+    tensor_similarity,
+    tensor_similarity_matrix,
+)
 
 __all__ = [
     "Artifact",
+    "BilinearLayer",
+    "CheckpointSimilarity",
+    "HeadSimilarity",
+    "HookedTensorNetwork",
+    "InductionConfig",
     "ModelConfig",
     "ModelView",
+    "NotPolynomialError",
     "Report",
+    "TensorNetworkConfig",
+    "TensorSimilarityMatrix",
+    "TrainingRun",
     "as_view",
+    "behavioral_similarity",
+    "bilinear_config",
+    "checkpoint_similarity",
+    "circuits",
     "collect_activations",
+    "extract_mlp",
+    "extract_mlps",
+    "factored_cosine",
+    "factored_inner",
+    "head_similarity",
     "hooks",
+    "induction_accuracy",
     "load_artifact",
+    "load_induction_model",
+    "raw_weight_similarity",
     "save_artifact",
+    "tensor_inner",
+    "tensor_similarity",
+    "tensor_similarity_matrix",
+    "train_induction_model",
 ]

@@ -3,6 +3,7 @@
 tl-tensorsim demo                      # every default demo into ./tl_tensorsim_report/report.md
 tl-tensorsim demo induction --full     # one demo, slow version (retrains its model)
 tl-tensorsim demo --list               # the demos there are
+tl-tensorsim train-induction           # retrain the embedded induction model, rewrite its shipped weights
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--full", action="store_true", help="slow version: retrain models, bigger sweeps")
     demo.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report folder (default: {DEFAULT_OUT}/)")
     demo.add_argument("--list", action="store_true", help="list the demos and exit")
+    retrain = sub.add_parser("train-induction", help="retrain the embedded induction model and rewrite its weights")
+    retrain.add_argument("--out", default=None, metavar="DIR", help="folder for induction_2l.{safetensors,json}")
+    retrain.add_argument("--steps", type=int, default=None, help="training steps (default: InductionConfig.steps)")
+    retrain.add_argument("--seed", type=int, default=None)
     return parser
 
 
@@ -35,6 +40,11 @@ def _list_demos() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "train-induction":
+        from tl_tensorsim.models.induction import WEIGHTS_DIR, retrain
+
+        retrain(args.out or WEIGHTS_DIR, steps=args.steps, seed=args.seed)
+        return 0
     if args.command != "demo":
         parser.print_help()
         return 2

@@ -1,34 +1,32 @@
-"""Small models the project trains and ships (the embedded induction model, ...).
+"""Small models the project trains and ships: the embedded induction model (`induction`), the grokking and
+backdoor tensor networks (`grokking`, `backdoor`), and the toy tokenizer / model-class helpers they share (`toy`)."""
 
-Names are loaded lazily, so `python -m tl_tensorsim.models.induction` (retraining) does not import the
-module twice.
-"""
+from tl_tensorsim.models.induction import (
+    InductionConfig,
+    TrainingRun,
+    build_model,
+    config_of,
+    induction_accuracy,
+    load_default,
+    make_batch,
+    masked_accuracy,
+    repeated_tokens,
+    train,
+)
+from tl_tensorsim.models.toy import load_tl_state_dict, tl_state_dict, toy_tokenizer
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "InductionConfig": "induction",
-    "TrainingRun": "induction",
-    "build_model": "induction",
-    "config_of": "induction",
-    "induction_accuracy": "induction",
-    "load_default": "induction",
-    "make_batch": "induction",
-    "masked_accuracy": "induction",
-    "repeated_tokens": "induction",
-    "train": "induction",
-    "toy_tokenizer": "toy",
-    "load_tl_state_dict": "toy",
-    "tl_state_dict": "toy",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "InductionConfig",
+    "TrainingRun",
+    "build_model",
+    "config_of",
+    "induction_accuracy",
+    "load_default",
+    "load_tl_state_dict",
+    "make_batch",
+    "masked_accuracy",
+    "repeated_tokens",
+    "tl_state_dict",
+    "toy_tokenizer",
+    "train",
+]

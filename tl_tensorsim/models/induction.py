@@ -5,7 +5,7 @@ next-token prediction. Only the second copy of the segment is predictable, and o
 earlier occurrence of the current token, copy the token after it), so the model grows the textbook circuit: a
 previous-token head in layer 0 whose output the keys of an induction head in layer 1 read (K-composition).
 
-    python -m tl_tensorsim.models.induction        # retrain and rewrite weights/induction_2l.{safetensors,json}
+    tl-tensorsim train-induction                    # retrain and rewrite weights/induction_2l.{safetensors,json}
 
 `load_default()` loads the shipped weights; `build_model()` gives a fresh model with the toy tokenizer
 (`t0 ... t63` and `<|endoftext|>` as BOS), so `to_tokens`, `to_str_tokens` and `head_detector.detect_head` work.
@@ -13,7 +13,6 @@ previous-token head in layer 0 whose output the keys of an induction head in lay
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -378,21 +377,11 @@ def load_default(device: str | torch.device | None = None, backend: str | None =
     return load_weights(CACHE_DIR / f"{WEIGHTS_NAME}.safetensors", device=device, backend=backend)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tl_tensorsim.models.induction",
-        description="Retrain the embedded induction model and rewrite its shipped weights.",
-    )
-    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for induction_2l.{safetensors,json}")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: InductionConfig.steps)")
-    parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args(argv)
-    run = train(InductionConfig(**{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}))
-    path = save_weights(run, args.out)
+def retrain(out: str | Path = WEIGHTS_DIR, steps: int | None = None, seed: int | None = None) -> Path:
+    """Retrain the embedded model from scratch and rewrite `induction_2l.{safetensors,json}` in `out`
+    (`tl-tensorsim train-induction`). Returns the weights path."""
+    run = train(InductionConfig(**{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}))
+    path = save_weights(run, out)
     heldout = json.loads(path.with_suffix(".json").read_text())["training"]["induction_accuracy_heldout"]
     print(f"{run!r}\nheld-out induction accuracy {heldout:.4f}\nwrote {path} and {path.with_suffix('.json').name}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return path
