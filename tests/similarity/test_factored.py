@@ -120,3 +120,16 @@ def test_errors_name_the_argument():
         factored_inner((A, B), [A, B])
     with pytest.raises(ValueError, match="broadcast"):
         factored_inner((rand(2, 5, 2), rand(2, 2, 5)), (rand(3, 5, 2), rand(3, 2, 5)))
+
+
+def test_live_model_circuits_that_require_grad(model_pair):
+    """`model.QK` of a trainable model holds parameters with requires_grad=True: still computable, no gradient."""
+    from tl_tensorsim.similarity import factored_cosine
+
+    ht = model_pair[0]
+    assert ht.QK.A.requires_grad
+    cos = factored_cosine(ht.QK[0], ht.QK[1])
+    dense = torch.nn.functional.cosine_similarity(
+        ht.QK[0].AB.detach().double().flatten(1), ht.QK[1].AB.detach().double().flatten(1)
+    )
+    assert not cos.requires_grad and torch.allclose(cos, dense, atol=1e-9)

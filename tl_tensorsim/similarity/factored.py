@@ -133,6 +133,7 @@ def _blocks(K: int, N: int, unit_bytes: float, budget: float):
                 yield k, k + 1, i0, i1
 
 
+@torch.no_grad()
 def pairwise_kernel(
     Aa: Float[Tensor, "K Na ma ra"],
     Ba: Float[Tensor, "K Na ra na"] | None,
@@ -243,7 +244,8 @@ def factored_inner(
         memory_budget: bytes of intermediate results held at once (default 1 GiB).
 
     Returns:
-        float64 tensor on the inputs' device.
+        float64 tensor on the inputs' device, computed under `torch.no_grad()` (weights that require grad, such as
+        a live `model.QK`, are fine; the result carries no gradient).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}; got {method!r}")
