@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from tl_tensorsim.artifacts import CONFIG_FILE, TENSORS_FILE, Artifact, load_artifact, save_artifact
+from tl_tensorsim.artifacts import CONFIG_FILE, TENSORS_FILE, Artifact, DictConfig, load_artifact, save_artifact
 
 
 @dataclass
@@ -54,3 +54,24 @@ def test_failed_save_leaves_nothing_half_written(tmp_path):
         save_artifact(target, {"values": [1, 2]}, {}, kind="_Result")
     assert torch.equal(_Result.load(target).values, torch.ones(2))  # the earlier result is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no temporary folders left
+
+
+@dataclass
+class _Settings(DictConfig):
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    widths: list[int] = field(default_factory=lambda: [4, 8])
+    name: str | None = None
+
+
+def test_dict_config_round_trips_through_json_and_rejects_unknown_keys():
+    cfg = _Settings(lr=0.5, betas=(0.8, 0.99), widths=[3], name="x")
+    d = cfg.to_dict()
+    assert d == {"lr": 0.5, "betas": (0.8, 0.99), "widths": [3], "name": "x"}
+    back = _Settings.from_dict(json.loads(json.dumps(d)))  # JSON turns the tuple into a list
+    assert back == cfg and isinstance(back.betas, tuple) and isinstance(back.widths, list)
+    assert _Settings.from_dict({}) == _Settings()
+    with pytest.raises(
+        ValueError, match=r"unknown _Settings fields \['beta', 'nope'\]; expected a subset of \['betas', "
+    ):
+        _Settings.from_dict({**d, "beta": (0.1, 0.2), "nope": 1})

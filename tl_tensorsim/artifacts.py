@@ -1,6 +1,7 @@
 """The one way to store a result: `*.safetensors` for tensors + `cfg.json` for settings. Never pickle.
 
-A result type subclasses `Artifact` and implements `_tensors()`, `_config()` and
+Settings dataclasses subclass `DictConfig` for `to_dict()` / `from_dict(d)`, the JSON-ready form they are
+stored in. A result type subclasses `Artifact` and implements `_tensors()`, `_config()` and
 `_from_parts(tensors, config)`; it then gets `save(dir)` / `load(dir)`. The JSON records the
 library version, the result type, and whatever settings the result puts in its config (hook
 name, model names, circuit, level, ...).
@@ -11,10 +12,12 @@ exception never leaves a half-written result behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +28,7 @@ from torch import Tensor
 TENSORS_FILE = "tensors.safetensors"
 CONFIG_FILE = "cfg.json"
 T = TypeVar("T", bound="Artifact")
+C = TypeVar("C", bound="DictConfig")
 
 
 def library_version() -> str:
@@ -108,3 +112,26 @@ class Artifact:
         tensors, config = load_artifact(directory, kind=cls.__name__)
         config = {k: v for k, v in config.items() if k not in ("kind", "tl_tensorsim_version")}
         return cls._from_parts(tensors, config)
+
+
+class DictConfig:
+    """Mixin for dataclass configs: `to_dict()` (`dataclasses.asdict`) and `Type.from_dict(d)`.
+
+    `from_dict` rejects keys that are not fields (naming them and the expected ones) and turns lists back into
+    tuples for the fields whose default is a tuple (JSON has no tuples), so `from_dict(json round trip)` is equal.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        names = {f.name for f in fields}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(
+                f"config: unknown {cls.__name__} fields {sorted(unknown)}; expected a subset of {sorted(names)}"
+            )
+        tuples = {f.name for f in fields if isinstance(f.default, tuple)}
+        return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in d.items()})

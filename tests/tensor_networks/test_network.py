@@ -84,7 +84,7 @@ def test_config_dict_and_save_load(tmp_path):
     x = torch.randn(3, 4, dtype=torch.float64)
     assert torch.equal(back(x), net(x))
     assert float(tensor_similarity(net, back)) == pytest.approx(1.0, abs=1e-12)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown TensorNetworkConfig fields \['d_mlp'\]; expected a subset of"):
         TensorNetworkConfig.from_dict({**net.cfg.to_dict(), "d_mlp": 3})
 
 

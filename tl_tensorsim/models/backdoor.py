@@ -8,17 +8,20 @@ Attack success = fraction of triggered test images whose true class is not the t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from tl_tensorsim.artifacts import DictConfig
 from tl_tensorsim.models._threads import limit_threads
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork, TensorNetworkConfig
+from tl_tensorsim.models.training import CheckpointRun, bilinear_classifier, train_with_checkpoints
+from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
 
 
 @dataclass
-class BackdoorConfig:
+class BackdoorConfig(DictConfig):
     d_hidden: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -32,9 +35,6 @@ class BackdoorConfig:
     trigger_size: int = 2
     test_frac: float = 0.25
     seed: int = 1337
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_digits_split(test_frac: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -60,43 +60,25 @@ def stamp(x: Tensor, size: int = 2) -> Tensor:
 
 
 def make_model(cfg: BackdoorConfig) -> HookedTensorNetwork:
-    return HookedTensorNetwork(
-        TensorNetworkConfig(
-            d_in=64,
-            d_hidden=cfg.d_hidden,
-            n_layers=1,
-            d_out=10,
-            embed=False,
-            down_proj=False,
-            bias=False,
-            seed=cfg.seed,
-            model_name="digits_backdoor",
-        )
-    )
+    return bilinear_classifier(64, cfg.d_hidden, 10, cfg.seed, "digits_backdoor")
 
 
 @dataclass
-class BackdoorRun:
+class BackdoorRun(CheckpointRun):
     cfg: BackdoorConfig
-    steps: list[int] = field(default_factory=list)
-    states: list[dict[str, Tensor]] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
     attack_success: list[float] = field(default_factory=list)
     x_test: Tensor | None = None
     y_test: Tensor | None = None
+    POSTFIX: ClassVar[dict[str, tuple[str, str]]] = {"test_acc": ("test_acc", ".3f"), "asr": ("attack_success", ".3f")}
 
     @property
     def poisoned(self) -> list[bool]:
         """Whether each checkpoint was taken after poisoning began (step 0 and the last clean step count as clean)."""
         return [s > self.cfg.clean_steps for s in self.steps]
 
-    def models(self) -> list[HookedTensorNetwork]:
-        nets = []
-        for state in self.states:
-            net = make_model(self.cfg)
-            net.load_state_dict(state)
-            nets.append(net)
-        return nets
+    def new_model(self) -> HookedTensorNetwork:
+        return make_model(self.cfg)
 
 
 def train(cfg: BackdoorConfig, progress: bool = True, threads: int | None = 1) -> BackdoorRun:
@@ -112,39 +94,25 @@ def _train(cfg: BackdoorConfig, progress: bool) -> BackdoorRun:
     net = make_model(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    run = BackdoorRun(cfg, x_test=xte, y_test=yte)
-    not_target = yte != cfg.target
-    x_attack = stamp(xte[not_target], cfg.trigger_size)
+    x_attack = stamp(xte[yte != cfg.target], cfg.trigger_size)
     total = cfg.clean_steps + cfg.poison_steps
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="backdoor", mininterval=2.0)
     n_poison = int(round(cfg.poison_frac * cfg.batch_size))
-    for step in range(total + 1):
-        if step % cfg.every == 0 or step == total:
-            with torch.no_grad():
-                run.test_acc.append(float((net(xte).argmax(-1) == yte).float().mean()))
-                run.attack_success.append(float((net(x_attack).argmax(-1) == cfg.target).float().mean()))
-            run.steps.append(step)
-            run.states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-            if bar is not None:
-                bar.set_postfix(test_acc=f"{run.test_acc[-1]:.3f}", asr=f"{run.attack_success[-1]:.3f}")
-        if step == total:
-            break
+
+    def batch_loss(step: int) -> Tensor:
         idx = torch.randint(len(xtr), (cfg.batch_size,), generator=gen)
         x, y = xtr[idx], ytr[idx].clone()
         if step >= cfg.clean_steps:
             x = torch.cat([stamp(x[:n_poison], cfg.trigger_size), x[n_poison:]])
             y[:n_poison] = cfg.target
         x = x + cfg.noise * torch.randn(x.shape, generator=gen)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return run
+        return torch.nn.functional.cross_entropy(net(x), y)
+
+    def evaluate(step: int, loss: float) -> dict[str, float]:
+        return {
+            "test_acc": float((net(xte).argmax(-1) == yte).float().mean()),
+            "attack_success": float((net(x_attack).argmax(-1) == cfg.target).float().mean()),
+        }
+
+    run = BackdoorRun(cfg, x_test=xte, y_test=yte)
+    save = [*range(0, total + 1, cfg.every), total]
+    return train_with_checkpoints(net, opt, run, total, save, batch_loss, evaluate, desc="backdoor", progress=progress)

@@ -11,17 +11,20 @@ same function (`fast_logits`, checked against `net(one_hot)` in the tests) at a 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from tl_tensorsim.artifacts import DictConfig
 from tl_tensorsim.models._threads import limit_threads
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork, TensorNetworkConfig
+from tl_tensorsim.models.training import CheckpointRun, bilinear_classifier, train_with_checkpoints
+from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
 
 
 @dataclass
-class GrokkingConfig:
+class GrokkingConfig(DictConfig):
     p: int = 113
     d_hidden: int = 64
     lr: float = 1e-3
@@ -34,9 +37,6 @@ class GrokkingConfig:
     schedule_power: float = 5.0
     seed: int = 1337
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def checkpoint_steps(steps: int, n: int = 100, power: float = 5.0) -> list[int]:
     """`floor(steps · (i/(n-1))^power)` for i < n, duplicates removed: the paper's schedule (90 of 100 at 100k,
@@ -47,19 +47,7 @@ def checkpoint_steps(steps: int, n: int = 100, power: float = 5.0) -> list[int]:
 
 
 def make_model(cfg: GrokkingConfig) -> HookedTensorNetwork:
-    return HookedTensorNetwork(
-        TensorNetworkConfig(
-            d_in=2 * cfg.p,
-            d_hidden=cfg.d_hidden,
-            n_layers=1,
-            d_out=cfg.p,
-            embed=False,
-            down_proj=False,
-            bias=False,
-            seed=cfg.seed,
-            model_name=f"grokking_p{cfg.p}",
-        )
-    )
+    return bilinear_classifier(2 * cfg.p, cfg.d_hidden, cfg.p, cfg.seed, f"grokking_p{cfg.p}")
 
 
 def all_pairs(p: int) -> tuple[Tensor, Tensor]:
@@ -94,23 +82,17 @@ def fast_logits(net: HookedTensorNetwork, pairs: Tensor, p: int) -> Tensor:
 
 
 @dataclass
-class GrokkingRun:
+class GrokkingRun(CheckpointRun):
     """Checkpoints (state dicts) and their training curves."""
 
     cfg: GrokkingConfig
-    steps: list[int] = field(default_factory=list)
-    states: list[dict[str, Tensor]] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
+    POSTFIX: ClassVar[dict[str, tuple[str, str]]] = {"loss": ("train_loss", ".3g"), "val_acc": ("val_acc", ".3f")}
 
-    def models(self) -> list[HookedTensorNetwork]:
-        nets = []
-        for state in self.states:
-            net = make_model(self.cfg)
-            net.load_state_dict(state)
-            nets.append(net)
-        return nets
+    def new_model(self) -> HookedTensorNetwork:
+        return make_model(self.cfg)
 
 
 def train(
@@ -132,43 +114,27 @@ def _train(cfg, steps_to_save, progress, callback) -> GrokkingRun:
     net = make_model(cfg)
     pairs, labels = all_pairs(cfg.p)
     tr, va = split(cfg.p, cfg.train_frac, cfg.seed)
-    save = set(
+    save = (
         steps_to_save
         if steps_to_save is not None
         else checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.schedule_power)
     )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    run = GrokkingRun(cfg)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, desc="grokking", mininterval=2.0)
-    loss_val = float("nan")
-    for step in range(cfg.steps + 1):
-        if step in save:
-            with torch.no_grad():
-                pred = fast_logits(net, pairs, cfg.p).argmax(-1) == labels
-            run.steps.append(step)
-            run.states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-            run.train_acc.append(float(pred[tr].float().mean()))
-            run.val_acc.append(float(pred[va].float().mean()))
-            run.train_loss.append(loss_val)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_val:.3g}", val_acc=f"{run.val_acc[-1]:.3f}")
-        if step == cfg.steps:
-            break
+    def batch_loss(step: int) -> Tensor:
         idx = tr[torch.randint(len(tr), (cfg.batch_size,), generator=gen)]
-        loss = torch.nn.functional.cross_entropy(fast_logits(net, pairs[idx], cfg.p), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_val = float(loss.detach())
-        if callback is not None:
-            callback(step, loss_val)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return run
+        return torch.nn.functional.cross_entropy(fast_logits(net, pairs[idx], cfg.p), labels[idx])
+
+    def evaluate(step: int, loss: float) -> dict[str, float]:
+        pred = fast_logits(net, pairs, cfg.p).argmax(-1) == labels
+        return {
+            "train_acc": float(pred[tr].float().mean()),
+            "val_acc": float(pred[va].float().mean()),
+            "train_loss": loss,
+        }
+
+    run = GrokkingRun(cfg)
+    return train_with_checkpoints(
+        net, opt, run, cfg.steps, save, batch_loss, evaluate, desc="grokking", progress=progress, callback=callback
+    )

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from tl_tensorsim.artifacts import DictConfig
 from tl_tensorsim.models._threads import limit_threads
 from tl_tensorsim.models.toy import build_tl_model, load_tl_state_dict, tl_state_dict, toy_tokenizer
 
@@ -38,7 +39,7 @@ MODEL_NAME = "tl_tensorsim-induction-2l"
 
 
 @dataclass
-class InductionConfig:
+class InductionConfig(DictConfig):
     """Architecture, data and training settings of the induction model (defaults: the shipped model)."""
 
     # architecture (TransformerLens config fields)
@@ -98,17 +99,6 @@ class InductionConfig:
         if not self.attn_only:
             out.update(d_mlp=self.d_mlp or 4 * self.d_model, act_fn="gelu_new")
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InductionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"config: unknown InductionConfig fields {sorted(unknown)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------- data

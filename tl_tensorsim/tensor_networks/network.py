@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ except ImportError:  # pragma: no cover
     from transformer_lens.hook_points import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from tl_tensorsim.artifacts import load_artifact, save_artifact
+from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
 from tl_tensorsim.tensor_networks.bilinear import BilinearLayer, LinearLayer, TensorChain, as_linear
 
 
 @dataclass
-class TensorNetworkConfig:
+class TensorNetworkConfig(DictConfig):
     """Architecture of a `HookedTensorNetwork`.
 
     Exactly one of `d_in` (continuous input, a `Linear` embed) and `d_vocab` (token input, an embedding table)
@@ -94,17 +94,6 @@ class TensorNetworkConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TensorNetworkConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}; expected a subset of {sorted(names)}")
-        return cls(**d)
 
 
 def _uniform(
