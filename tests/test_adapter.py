@@ -25,6 +25,13 @@ def test_weights_identical_on_both_classes(pair, request):
     assert torch.allclose(a.QK.AB, b.QK.AB, atol=1e-6)
 
 
+def test_weight_stacks_straight_into_a_dtype(model_pair):
+    view = ts.ModelView(model_pair[0])
+    for name in ("W_Q", "W_O", "W_E"):
+        w = view.weight(name, torch.float64)
+        assert w.dtype == torch.float64 and torch.equal(w, view.weight(name).double()), name
+
+
 def test_config_identical_and_shapes(model_pair):
     a, b = (ts.ModelView(m) for m in model_pair)
     keys = ["n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "attn_only", "act_fn"]

@@ -149,8 +149,9 @@ class ModelView:
         key = _PER_LAYER[name].format(l=0) if name in _PER_LAYER else _GLOBAL[name]
         return key in p
 
-    def weight(self, name: str) -> Tensor:
-        """Weight `name` (one of `WEIGHT_NAMES`), stacked over layers for per-layer weights."""
+    def weight(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor:
+        """Weight `name` (one of `WEIGHT_NAMES`), stacked over layers for per-layer weights. `dtype`, `device`:
+        stack straight into a buffer of that dtype / device (one copy instead of a stack and a conversion)."""
         if name not in WEIGHT_NAMES:
             raise ValueError(f"weight name: expected one of {WEIGHT_NAMES}; got {name!r}")
         p = self._parameters()
@@ -161,13 +162,20 @@ class ModelView:
                     f"{name}: this model has none (positional_embedding_type="
                     f"{self.cfg.positional_embedding_type!r}, attn_only={self.cfg.attn_only})"
                 )
-            return p[key]
+            return p[key].to(device=device, dtype=dtype)
         keys = [_PER_LAYER[name].format(l=layer) for layer in range(self.cfg.n_layers)]
         if any(k not in p for k in keys):
             raise ValueError(
                 f"{name}: this model has none (attn_only={self.cfg.attn_only}, gated_mlp={self.cfg.gated_mlp})"
             )
-        return torch.stack([p[k] for k in keys])
+        layers = [p[k] for k in keys]
+        dtype, device = dtype or layers[0].dtype, torch.device(device) if device is not None else layers[0].device
+        if dtype == layers[0].dtype and device == layers[0].device:
+            return torch.stack(layers)
+        out = torch.empty(len(layers), *layers[0].shape, dtype=dtype, device=device)
+        for layer, w in zip(out, layers, strict=True):
+            layer.copy_(w)
+        return out
 
     def __getattr__(self, name: str) -> Tensor:
         if name in WEIGHT_NAMES:
@@ -207,10 +215,8 @@ class ModelView:
         norm = self.cfg.normalization_type
         processed = bool(getattr(self.model, "_weights_processed", False))
         out: dict[str, Any] = {"fold_ln": bool(norm in ("LNPre", "RMSPre") or processed)}
-        w_o = self.W_O.float()
-        out["center_writing_weights"] = bool(w_o.mean(-1).abs().max() <= 1e-6 * w_o.abs().max().clamp_min(1e-30))
-        w_u = self.W_U.float()
-        out["center_unembed"] = bool(w_u.mean(-1).abs().max() <= 1e-6 * w_u.abs().max().clamp_min(1e-30))
+        out["center_writing_weights"] = _rows_centred(self.W_O)
+        out["center_unembed"] = _rows_centred(self.W_U)
         if self.kind == "TransformerBridge":
             out["compatibility_mode"] = bool(getattr(self.model, "compatibility_mode", False))
         return out
@@ -274,6 +280,14 @@ class ModelView:
             f"ModelView({self.kind} {c.model_name!r}: {c.n_layers} layers x {c.n_heads} heads, d_model={c.d_model}, "
             f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab})"
         )
+
+
+def _rows_centred(w: Tensor) -> bool:
+    """Every row (last axis) of `w` sums to zero, relative to its largest entry. One pass each for the row means
+    and `aminmax` (`w.abs().max()` would write a temporary as large as `w`, e.g. a 150 MB `W_U`)."""
+    w = w.float()
+    lo, hi = torch.aminmax(w)
+    return bool(w.mean(-1).abs().max() <= 1e-6 * torch.maximum(-lo, hi).clamp_min(1e-30))
 
 
 def as_view(model: Any) -> ModelView:

@@ -56,6 +56,24 @@ def test_self_pairs_kernel_matches_explicit_b():
             torch.testing.assert_close(pairwise_kernel(A, B, method=method, memory_budget=budget), ref)
 
 
+@pytest.mark.parametrize("limit", [None, 6000, 300])  # default; row chunks; head blocks (and row chunks)
+def test_dense_row_chunks_head_blocks_and_symmetric_blocks(limit, monkeypatch):
+    """The dense path accumulates row chunks of every matrix; self-similarity of many heads multiplies only the
+    upper triangle of head blocks; tiny limits split the heads too. All exact against the materialised Gram."""
+    import tl_tensorsim.similarity.factored as factored
+
+    if limit is not None:
+        monkeypatch.setattr(factored, "DENSE_CHUNK_BYTES", limit)
+    N = factored.SYMMETRIC_SPLIT + 5
+    A, B, C, D = rand(2, N, 6, 2, seed=1), rand(2, N, 2, 5, seed=2), rand(2, 7, 6, 3, seed=3), rand(2, 7, 3, 5, seed=4)
+    Ma, Mb = (A @ B).flatten(2), (C @ D).flatten(2)
+    tol = dict(rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(pairwise_kernel(A, B, method="dense"), Ma @ Ma.mT, **tol)
+    torch.testing.assert_close(pairwise_kernel(A, B, C, D, method="dense"), Ma @ Mb.mT, **tol)
+    torch.testing.assert_close(pairwise_kernel(A @ B, None, C @ D, None), Ma @ Mb.mT, **tol)
+    torch.testing.assert_close(pairwise_kernel(A @ B, None), Ma @ Ma.mT, **tol)
+
+
 def test_dense_operands_with_metrics():
     Ma, Mb = rand(3, 6, 5, seed=1), rand(4, 7, 8, seed=2)
     G, H = rand(6, 7, seed=3), rand(5, 8, seed=4)
@@ -102,6 +120,8 @@ def test_cost_model_prefers_dense_for_many_wide_heads_and_factored_for_few_pairs
     diag = operation_counts(144, 1, 1, 768, 768, 64, 64)
     assert diag["factored"] < diag["dense"]  # one pair per head: O(d r^2) beats O(d^2 r)
     assert operation_counts(1, 2, 2, 8, 8, 8, 8, dense_operand=True)["factored"] == float("inf")
+    self_pairs = operation_counts(1, 144, 144, 768, 768, 64, 64, same=True)["dense"]
+    assert self_pairs == 144 * 768 * 768 * 64 + (144 * 144 - 72 * 72) * 768 * 768  # 3 of 4 blocks of head pairs
 
 
 def test_errors_name_the_argument():

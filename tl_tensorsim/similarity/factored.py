@@ -17,8 +17,10 @@ Two exact evaluations give the same number and are chosen by cost (`method="auto
   per pair, `O(m n)` per pair plus `O(m n r)` per matrix. For many pairs of GPT-2-sized heads (`d_model` 768,
   `d_head` 64) dense is cheaper; for few pairs or small ranks the factored form is.
 
-All-pairs evaluation is batched: every head's factors are stacked into one `[m, N r]` matrix, so the work is a few
-large matmuls followed by a Hadamard product and a block sum, processed in chunks bounded by `memory_budget` bytes.
+All-pairs evaluation is batched. Factored: every head's factors are stacked into one `[m, N r]` matrix, so the work
+is a few large matmuls followed by a Hadamard product and a block sum, in chunks bounded by `memory_budget` bytes.
+Dense: rows `p0:p1` of every matrix are materialised at once (`A[:, p0:p1] @ B`, one batched matmul) and their
+products accumulated (`out += X_a X_b^T`), so no matrix is held whole and the chunk buffers are reused.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ FactoredLike = FactoredMatrix | tuple[Tensor, Tensor] | Tensor
 MetricLike = Tensor | tuple[Tensor, Tensor, Tensor] | None
 METHODS = ("auto", "factored", "dense")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate results held at once
+DENSE_CHUNK_BYTES = 192 << 20  # dense path: rows materialised at once (big enough for efficient matmuls, small
+# enough that reused buffers beat touching fresh pages; a whole GPT-2 head set materialised fresh is 2x slower)
+SYMMETRIC_SPLIT = 64  # dense self-similarity of at least this many heads: only the upper triangle of 2 x 2 blocks
 
 
 def _factors(x: FactoredLike, argument: str) -> tuple[Tensor, Tensor | None]:
@@ -72,11 +77,13 @@ def operation_counts(
 ) -> dict[str, float]:
     """Multiply-add counts of the two evaluations for `K` independent blocks of `n_a x n_b` pairs of `m x n`
     matrices of ranks `r_a`, `r_b` (metric transforms excluded: both pay them). `same=True`: `b` is `a` and
-    no metric, so the dense path materialises once. `dense_operand`: an operand is already dense (factored
-    is then impossible)."""
+    no metric, so the dense path materialises once (and, from `SYMMETRIC_SPLIT` heads on, multiplies 3 of the
+    4 blocks of head pairs). `dense_operand`: an operand is already dense (factored is then impossible)."""
     factored = math.inf if dense_operand else float(K) * n_a * n_b * r_a * r_b * (m + n + 1)
     materialise = float(K) * (n_a * m * n * r_a + (0 if same else n_b * m * n * r_b))
-    return {"factored": factored, "dense": materialise + float(K) * n_a * n_b * m * n}
+    half = -(-n_a // 2) if same and n_a >= SYMMETRIC_SPLIT else 0
+    pairs = n_a * n_b - half * (n_a - half)  # the skipped lower-left block of head pairs
+    return {"factored": factored, "dense": materialise + float(K) * pairs * m * n}
 
 
 def _left_apply(G: Tensor | None, A: Tensor) -> Tensor:
@@ -133,6 +140,56 @@ def _blocks(K: int, N: int, unit_bytes: float, budget: float):
                 yield k, k + 1, i0, i1
 
 
+def _dense_pairs(
+    Aa: Tensor, Ba: Tensor | None, Ab: Tensor, Bb: Tensor | None, reuse: bool, limit: float, buf: _Buffers
+) -> Tensor:
+    """`out[k] = M_a[k] M_b[k]^T` over the flattened matrices (`M = A @ B`, or `A` when `B` is None), accumulated
+    over chunks of rows: a chunk materialises rows `p0:p1` of every matrix (`A[..., p0:p1, :] @ B`), at most
+    `limit` bytes, into reused buffers, so no matrix is held whole and no fresh memory is touched per chunk.
+    `reuse`: `b` is `a`; each chunk is materialised once and only the upper triangle of head blocks multiplied."""
+    K, Na, m, _ = Aa.shape
+    Nb = Ab.shape[1]
+    n, item = _dims(Aa, Ba)[1], Aa.element_size()
+    row = (Na if reuse else Na + Nb) * n * item  # one row of every matrix, one k
+    if row > limit and Na + Nb > 2:  # too many heads for one row of each: split the heads, then the rows
+        out = Aa.new_empty(K, Na, Nb)
+        step = max(1, int(limit // (2 * n * item)))
+        for i0, i1 in _ranges(Na, step):
+            for j0, j1 in _ranges(Nb, step):
+                if reuse and j1 <= i0:
+                    out[:, i0:i1, j0:j1] = out[:, j0:j1, i0:i1].mT
+                    continue
+                cut = [None if X is None else X[:, i0:i1] for X in (Aa, Ba)]
+                other = cut if reuse and i0 == j0 else [None if X is None else X[:, j0:j1] for X in (Ab, Bb)]
+                out[:, i0:i1, j0:j1] = _dense_pairs(*cut, *other, reuse and i0 == j0, limit, buf)
+        return out
+    rows = int(max(1, min(m, limit // row)))
+    kk = int(max(1, min(K, limit // (row * m)))) if rows == m else 1
+    half = -(-Na // 2) if reuse and Na >= SYMMETRIC_SPLIT else max(Na, Nb)  # 2 x 2 blocks: 3 of 4 products
+    tiles = [(i, j) for i in _ranges(Na, half) for j in _ranges(Nb, half) if j[0] >= i[0]]
+    acc = {t: Aa.new_zeros(K, t[0][1] - t[0][0], t[1][1] - t[1][0]) for t in tiles}
+
+    def chunk(slot: str, A: Tensor, B: Tensor | None, k0: int, k1: int, p0: int, p1: int) -> Tensor:
+        X = buf.matmul(slot, A[k0:k1, :, p0:p1], None if B is None else B[k0:k1])
+        return X.reshape(k1 - k0, X.shape[1], -1)
+
+    for k0, k1 in _ranges(K, kk):
+        for p0, p1 in _ranges(m, rows):
+            Xa = chunk("a", Aa, Ba, k0, k1, p0, p1)
+            Xb = Xa if reuse else chunk("b", Ab, Bb, k0, k1, p0, p1)
+            for (i0, i1), (j0, j1) in tiles:  # out= form: in-place `baddbmm_` escapes torch's FlopCounterMode
+                y = acc[(i0, i1), (j0, j1)][k0:k1]
+                torch.baddbmm(y, Xa[:, i0:i1], Xb[:, j0:j1].mT, out=y)
+    if len(tiles) == 1:
+        return acc[tiles[0]]
+    out = Aa.new_empty(K, Na, Nb)
+    for ((i0, i1), (j0, j1)), x in acc.items():
+        out[:, i0:i1, j0:j1] = x
+        if j0 != i0:
+            out[:, j0:j1, i0:i1] = x.mT
+    return out
+
+
 @torch.no_grad()
 def pairwise_kernel(
     Aa: Float[Tensor, "K Na ma ra"],
@@ -171,9 +228,9 @@ def pairwise_kernel(
     reuse = same and G is None and H is None
     Ab = _left_apply(G, Ab)
     Bb = _right_apply(Bb, H, K, Nb)
-    out = Aa.new_empty(K, Na, Nb)
     buf = _Buffers()
     if method == "factored":
+        out = Aa.new_empty(K, Na, Nb)
         Pb = rearrange(Ab, "K N m r -> K m (N r)")
         Qb = rearrange(Bb, "K N r n -> K n (N r)")
         for k0, k1, i0, i1 in _blocks(K, Na, 2 * ra * Nb * rb * item, budget):
@@ -182,23 +239,7 @@ def pairwise_kernel(
             out[k0:k1, i0:i1] = reduce(S, "K (Na ra) (Nb rb) -> K Na Nb", "sum", ra=ra, rb=rb)
         return out
 
-    def materialise(slot: str, A: Tensor, B: Tensor | None, k0: int, k1: int, i0: int, i1: int) -> Tensor:
-        M = buf.matmul(slot, A[k0:k1, i0:i1], None if B is None else B[k0:k1, i0:i1])
-        return M.reshape(k1 - k0, i1 - i0, m * n)
-
-    unit = m * n * item
-    if reuse and Na * unit <= budget:  # one materialisation serves both sides, a block of K at a time
-        for k0, k1, _, _ in _blocks(K, Na, unit, budget):
-            M = materialise("a", Aa, Ba, k0, k1, 0, Na)
-            out[k0:k1] = M @ M.transpose(-1, -2)
-        return out
-    # b side: as much as fits in 3/4 of the budget, materialised once; a side streamed through the rest
-    for k0, k1, j0, j1 in _blocks(K, Nb, unit, 0.75 * budget):
-        Mb = materialise("b", Ab, Bb, k0, k1, j0, j1)
-        for i0, i1 in _ranges(Na, (0.25 * budget) // ((k1 - k0) * unit)):
-            Ma = materialise("a", Aa, Ba, k0, k1, i0, i1)
-            out[k0:k1, i0:i1, j0:j1] = Ma @ Mb.transpose(-1, -2)
-    return out
+    return _dense_pairs(Aa, Ba, Ab, Bb, reuse, min(budget, DENSE_CHUNK_BYTES), buf)
 
 
 def _prepare(x: FactoredLike, argument: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor | None, tuple]:

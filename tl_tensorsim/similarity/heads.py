@@ -55,15 +55,16 @@ def check_choice(value: Any, options: tuple, argument: str) -> str:
 
 
 def circuit_factors(
-    view: ModelView, circuit: str
+    view: ModelView, circuit: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None
 ) -> tuple[Float[Tensor, "n_heads d_model d_head"], Float[Tensor, "n_heads d_head d_model"]]:
     """`(A, B)` with `A @ B` the circuit of every head, heads flattened in `head_labels()` order:
-    QK: `(W_Q, W_K^T)`; OV: `(W_V, W_O)`. Model dtype and device."""
+    QK: `(W_Q, W_K^T)` (`B` a transposed view); OV: `(W_V, W_O)`. Model dtype and device unless given (then
+    stacked straight into `dtype` / `device`, one copy)."""
     check_choice(circuit, CIRCUITS, "circuit")
     if circuit == "QK":
-        A, B = view.W_Q, view.W_K.transpose(-1, -2)
+        A, B = view.weight("W_Q", dtype, device), view.weight("W_K", dtype, device).transpose(-1, -2)
     else:
-        A, B = view.W_V, view.W_O
+        A, B = view.weight("W_V", dtype, device), view.weight("W_O", dtype, device)
     return rearrange(A, "L H m r -> (L H) m r"), rearrange(B, "L H r n -> (L H) r n")
 
 
@@ -288,8 +289,8 @@ def head_similarity(
     procs = {"model_a": proc_a, "model_b": proc_a if same else vb.processing()}
     warn_processing(procs, circuit, level)
     device = torch.device(device) if device is not None else va.device
-    Aa, Ba = (t.to(device=device, dtype=dtype)[None] for t in circuit_factors(va, circuit))
-    Ab, Bb = (None, None) if same else (t.to(device=device, dtype=dtype)[None] for t in circuit_factors(vb, circuit))
+    Aa, Ba = (t[None] for t in circuit_factors(va, circuit, dtype, device))
+    Ab, Bb = (None, None) if same else (t[None] for t in circuit_factors(vb, circuit, dtype, device))
     kw = dict(method=method, memory_budget=memory_budget)
     with torch.no_grad():
         if level == "residual":
