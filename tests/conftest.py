@@ -47,6 +47,12 @@ def model_pair():
     return make_model_pair()
 
 
+@pytest.fixture(params=["HookedTransformer", "TransformerBridge"])
+def model(request, model_pair):
+    """Each model class in turn, holding the same weights (tests parametrised over both classes)."""
+    return model_pair[request.param == "TransformerBridge"]
+
+
 @pytest.fixture(scope="session")
 def compat_pair():
     ht, bridge = make_model_pair(seed=1)

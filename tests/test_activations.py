@@ -11,13 +11,7 @@ import torch
 import tl_tensorsim as ts
 from tl_tensorsim import hooks
 
-CLASSES = ["HookedTransformer", "TransformerBridge"]
 RESID = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture(params=CLASSES)
-def model(request, model_pair):
-    return model_pair[CLASSES.index(request.param)]
 
 
 @pytest.fixture

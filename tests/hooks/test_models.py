@@ -7,13 +7,7 @@ import torch
 
 from tl_tensorsim import hooks
 
-CLASSES = ["HookedTransformer", "TransformerBridge"]
 RESID = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture(params=CLASSES)
-def model(request, model_pair):
-    return model_pair[CLASSES.index(request.param)]
 
 
 @pytest.fixture
