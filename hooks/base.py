@@ -19,14 +19,13 @@ floating, finite, with orthonormal columns, checked in float64 as `max |BᵀB - 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .positions import Positions, check_positions, describe_positions, normalize_positions, positions_mask
+from .positions import Positions, check_positions, checked_int, describe_positions, normalize_positions, positions_mask
 
 ORTHONORMAL_ATOL = 1e-5
 """Default tolerance on `max |BᵀB - I|` (raised to `16 * eps` for half-precision bases)."""
@@ -84,17 +83,7 @@ def check_basis(basis: Any, atol: float | None = None, argument: str = "basis") 
 
 
 def _check_head(head: Any) -> int | None:
-    if head is None:
-        return None
-    try:
-        if isinstance(head, bool):
-            raise TypeError
-        head = operator.index(head)
-    except TypeError:
-        raise TypeError(f"head: expected None or an int head index; got {type(head).__name__}") from None
-    if head < 0:
-        raise ValueError(f"head: expected a head index >= 0; got {head}")
-    return head
+    return None if head is None else checked_int(head, "head", 0, "None or an int head index >= 0")
 
 
 def _hook_name(hook: Any) -> str:
@@ -164,6 +153,10 @@ class SubspaceHook:
         check_positions(self.positions, n_ctx=n_ctx, batch=batch, seq=seq)
         self._check_tensors(name=name, feature_shape=feature_shape, batch=batch, seq=seq, n_ctx=n_ctx)
 
+    def _check_head_in_range(self, n_heads: int, name: str) -> None:
+        if self.head >= n_heads:
+            raise ValueError(f"head: {self.head} is out of range for {name} with {n_heads} heads (0 to {n_heads - 1})")
+
     def _check_head_against(self, feature_shape: tuple[int, ...], name: str) -> None:
         if len(feature_shape) == 2:
             n_heads = feature_shape[0]
@@ -172,10 +165,7 @@ class SubspaceHook:
                     f"head: {name} is a per-head hook (activations [batch, pos, n_heads={n_heads}, "
                     f"{feature_shape[1]}]); pass head= (0 to {n_heads - 1}) to choose the head this hook acts on"
                 )
-            if self.head >= n_heads:
-                raise ValueError(
-                    f"head: {self.head} is out of range for {name} with {n_heads} heads (0 to {n_heads - 1})"
-                )
+            self._check_head_in_range(n_heads, name)
         elif len(feature_shape) == 1:
             if self.head is not None:
                 raise ValueError(
@@ -208,10 +198,7 @@ class SubspaceHook:
                     f"head: the activation at {name} is per head ({list(activation.shape)} = [batch, pos, n_heads, d]); "
                     f"pass head= (0 to {n_heads - 1})"
                 )
-            if self.head >= n_heads:
-                raise ValueError(
-                    f"head: {self.head} is out of range for {name} with {n_heads} heads (0 to {n_heads - 1})"
-                )
+            self._check_head_in_range(n_heads, name)
             return activation[:, :, self.head]
         if activation.ndim == 3:
             if self.head is not None:

@@ -9,7 +9,6 @@ selected `(sequence, position)` pairs in order, flattened. When the result would
 
 from __future__ import annotations
 
-import operator
 import os
 import struct
 import tempfile
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
 from tl_tensorsim.hooks.binding import check_gate, gate_flag
-from tl_tensorsim.hooks.positions import Positions, check_positions, normalize_positions, positions_mask
+from tl_tensorsim.hooks.positions import Positions, check_positions, checked_int, normalize_positions, positions_mask
 
 DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
 TOKEN_COLUMNS = ("tokens", "input_ids")
@@ -248,18 +247,6 @@ def _stop_layer(view: Any, name: str) -> int | None:
     return None
 
 
-def _positive_int(value: Any, argument: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{argument}: expected a positive int; got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{argument}: expected a positive int; got {value}")
-    return value
-
-
 def _check_tokens(tokens: Tensor, d_vocab: int) -> None:
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
         bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
@@ -323,7 +310,7 @@ def collect_activations(
         if not 0 <= head < feature_shape[0]:
             raise ValueError(f"head: {head} is out of range for {hook_name!r} with {feature_shape[0]} heads")
     row_shape = feature_shape[1:] if head is not None else feature_shape
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = checked_int(batch_size, "batch_size", 1, "a positive int")
     positions = normalize_positions(positions)
     data = _Data(tokens_or_dataset)
     check_positions(positions, n_ctx=view.cfg.n_ctx, batch=data.n_seq, seq=data.seq)

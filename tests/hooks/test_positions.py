@@ -68,3 +68,15 @@ def test_masks():
     assert torch.equal(positions_mask(mask, 2, 4), mask)
     with pytest.raises(ValueError, match="out of range"):
         positions_mask(4, 2, 4)
+
+
+def test_checked_int_rejects_bools_non_integers_and_small_values():
+    from tl_tensorsim.hooks.positions import checked_int
+
+    assert checked_int(3, "n", 1, "a positive int") == 3
+    with pytest.raises(TypeError, match=r"n: expected a positive int; got True \(bool\)"):
+        checked_int(True, "n", 1, "a positive int")
+    with pytest.raises(TypeError, match=r"n: expected a positive int; got 2\.5 \(float\)"):
+        checked_int(2.5, "n", 1, "a positive int")
+    with pytest.raises(ValueError, match="n: expected a positive int; got 0"):
+        checked_int(0, "n", 1, "a positive int")
