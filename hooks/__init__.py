@@ -16,9 +16,11 @@ Hook factories return callables with TransformerLens' hook signature `fn(activat
   names, feature sizes, heads and positions against the model before any forward pass.
 """
 
-from .base import ORTHONORMAL_ATOL, SubspaceHook, check_basis, default_atol
+from tl_tensorsim.linalg import ORTHONORMAL_ATOL, default_atol
+from tl_tensorsim.positions import Positions, check_positions, normalize_positions, positions_mask
+
+from .base import SubspaceHook, check_basis
 from .binding import bind, check_gate, gate_flag, run_with_hooks, validate
-from .positions import Positions, check_positions, normalize_positions, positions_mask
 from .rotation import Rotate, rotate, unrotate
 from .subspace import Ablate, Interchange, Project, ablate, interchange, project
 

@@ -7,7 +7,7 @@ the activation:
 - `[batch, pos, n_heads, d]` for per-head hooks (`attn.hook_z`, `attn.hook_result`, `hook_q/k/v`): pass `head=`
   to act on one head; the other heads are returned unchanged.
 
-Only the positions selected by `positions=` (see `tl_tensorsim.hooks.positions`) and the head selected by
+Only the positions selected by `positions=` (see `tl_tensorsim.positions`) and the head selected by
 `head=` change; every other entry of the returned tensor is bit-identical to the input. The input tensor is
 never modified in place. The concrete hooks live in `subspace.py` (project, ablate, interchange) and
 `rotation.py` (rotate, unrotate).
@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .positions import Positions, check_positions, checked_int, describe_positions, normalize_positions, positions_mask
-
-ORTHONORMAL_ATOL = 1e-5
-"""Default tolerance on `max |BᵀB - I|` (raised to `16 * eps` for half-precision bases)."""
+from tl_tensorsim.checks import checked_int
+from tl_tensorsim.linalg import check_orthonormal
+from tl_tensorsim.positions import Positions, check_positions, describe_positions, normalize_positions, positions_mask
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -43,11 +42,6 @@ def _as_float_tensor(value: Any, argument: str) -> Tensor:
     if not bool(torch.isfinite(value.detach()).all()):
         raise ValueError(f"{argument}: contains NaN or infinite entries")
     return value
-
-
-def default_atol(dtype: torch.dtype) -> float:
-    """The orthonormality tolerance used for a basis of `dtype` when `atol` is not given."""
-    return max(ORTHONORMAL_ATOL, 16 * torch.finfo(dtype).eps)
 
 
 def check_basis(basis: Any, atol: float | None = None, argument: str = "basis") -> Tensor:
@@ -70,15 +64,7 @@ def check_basis(basis: Any, atol: float | None = None, argument: str = "basis") 
             f"{argument}: {k} columns cannot be orthonormal in {d} dimensions (shape {tuple(basis.shape)}: "
             "is it transposed? The basis is [d, k] with the feature axis first)"
         )
-    tol = default_atol(basis.dtype) if atol is None else float(atol)
-    with torch.no_grad():
-        b64 = basis.detach().to(torch.float64)
-        err = float((b64.T @ b64 - torch.eye(k, dtype=torch.float64, device=b64.device)).abs().max()) if k else 0.0
-    if err > tol:
-        raise ValueError(
-            f"{argument}: columns are not orthonormal (max |BᵀB - I| = {err:.3g} > atol={tol:.3g}); "
-            "orthonormalise it first, e.g. torch.linalg.qr(B).Q, or raise atol="
-        )
+    check_orthonormal(basis, atol, argument)
     return basis
 
 

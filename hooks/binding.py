@@ -26,6 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
+from tl_tensorsim.checks import as_token_tensor
 
 from .base import SubspaceHook
 
@@ -56,11 +57,8 @@ def _input_shape(tokens: Any) -> tuple[int | None, int | None]:
         return None, None
     if not isinstance(tokens, Tensor):
         raise TypeError(f"tokens: expected a LongTensor [batch, pos] (or None); got {type(tokens).__name__}")
-    if tokens.ndim == 1:
-        return 1, int(tokens.shape[0])
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens: expected a LongTensor [batch, pos]; got shape {list(tokens.shape)}")
-    return int(tokens.shape[0]), int(tokens.shape[1])
+    batch, seq = as_token_tensor(tokens, "tokens").shape
+    return int(batch), int(seq)
 
 
 def _check_one(view: ModelView, name: str, hook_fn: Any, batch: int | None, seq: int | None) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import SubspaceHook, _as_float_tensor, _shape, default_atol
-from .positions import Positions
+from tl_tensorsim.linalg import is_orthonormal
+from tl_tensorsim.positions import Positions
+
+from .base import SubspaceHook, _as_float_tensor, _shape
 
 
 class Rotate(SubspaceHook):
@@ -35,12 +37,10 @@ class Rotate(SubspaceHook):
             raise ValueError(f"rotation: expected a square [d, d] matrix; got shape {list(rotation.shape)}")
         self.rotation = rotation
         self.inverse = bool(inverse)
-        tol = default_atol(rotation.dtype) if atol is None else float(atol)
+        self.orthogonal = is_orthonormal(rotation, atol)
         with torch.no_grad():
             r64 = rotation.detach().to(torch.float64)
             d = r64.shape[0]
-            err = float((r64.T @ r64 - torch.eye(d, dtype=torch.float64, device=r64.device)).abs().max()) if d else 0.0
-            self.orthogonal = err <= tol
             if not self.orthogonal:
                 s = torch.linalg.svdvals(r64)
                 if d and float(s.min()) <= 1e-10 * float(s.max()):

@@ -21,15 +21,17 @@ basis (DAS) receives gradients. A full basis (`k == d`) and an empty one (`k == 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .base import SubspaceHook, _as_float_tensor, _shape, check_basis
-from .positions import Positions
+from tl_tensorsim.checks import check_choice
+from tl_tensorsim.positions import Positions
 
-_ABLATION_MODES = ("zero", "mean")
+from .base import SubspaceHook, _as_float_tensor, _shape, check_basis
+
+AblationMode = Literal["zero", "mean"]
 
 
 class _BasisHook(SubspaceHook):
@@ -85,8 +87,7 @@ class Ablate(_BasisHook):
         head: int | None = None,
         atol: float | None = None,
     ):
-        if mode not in _ABLATION_MODES:
-            raise ValueError(f"mode: expected one of {_ABLATION_MODES}; got {mode!r}")
+        check_choice(mode, AblationMode, "mode")
         super().__init__(basis, positions=positions, head=head, atol=atol)
         self.mode = mode
         if mode == "mean":

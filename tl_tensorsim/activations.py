@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
+from tl_tensorsim.checks import as_token_tensor, check_token_range, checked_int
 from tl_tensorsim.hooks.binding import check_gate, gate_flag
-from tl_tensorsim.hooks.positions import Positions, check_positions, checked_int, normalize_positions, positions_mask
+from tl_tensorsim.positions import Positions, check_positions, normalize_positions, positions_mask
 
 DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
 TOKEN_COLUMNS = ("tokens", "input_ids")
@@ -32,25 +33,6 @@ _EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
 
 
 # ---------------------------------------------------------------------------------------------- input
-def _as_token_tensor(value: Any, what: str) -> Tensor:
-    if isinstance(value, Tensor):
-        t = value
-    else:
-        try:
-            t = torch.as_tensor(value)
-        except Exception as exc:  # noqa: BLE001 - reported as a TypeError naming the input
-            raise TypeError(
-                f"{what}: expected token ids (a LongTensor or a list of ints); got {type(value).__name__}"
-            ) from exc
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"{what}: expected integer token ids; got dtype {t.dtype}")
-    if t.ndim == 1:
-        t = t.unsqueeze(0)
-    if t.ndim != 2:
-        raise ValueError(f"{what}: expected token ids [n_seq, pos] (or one sequence [pos]); got shape {list(t.shape)}")
-    return t.long()
-
-
 def _token_column(columns: Iterable[str], what: str) -> str:
     columns = list(columns)
     for name in TOKEN_COLUMNS:
@@ -62,7 +44,7 @@ def _token_column(columns: Iterable[str], what: str) -> str:
 def _row_of(item: Any, what: str) -> Tensor:
     if isinstance(item, dict):
         item = item[_token_column(item.keys(), what)]
-    return _as_token_tensor(item, what)
+    return as_token_tensor(item, what)
 
 
 class _Data:
@@ -77,7 +59,7 @@ class _Data:
                 "tokens_or_dataset: text is not accepted; tokenise it first (model.to_tokens(text)) and pass token ids"
             )
         if isinstance(data, Tensor):
-            self.tensor = _as_token_tensor(data, "tokens_or_dataset")
+            self.tensor = as_token_tensor(data, "tokens_or_dataset")
             self.n_seq, self.seq = int(self.tensor.shape[0]), int(self.tensor.shape[1])
         elif hasattr(data, "column_names") and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
             self.dataset = data
@@ -101,10 +83,10 @@ class _Data:
             for i in range(0, self.n_seq, batch_size):
                 rows = self.dataset[i : i + batch_size][self.column]
                 if isinstance(rows, Tensor) and rows.ndim == 2:
-                    yield _as_token_tensor(rows, "tokens_or_dataset")
+                    yield as_token_tensor(rows, "tokens_or_dataset")
                 else:
                     for row in rows:
-                        yield _as_token_tensor(row, "tokens_or_dataset")
+                        yield as_token_tensor(row, "tokens_or_dataset")
         else:
             for item in self.iterable:
                 yield _row_of(item, "tokens_or_dataset")
@@ -247,12 +229,6 @@ def _stop_layer(view: Any, name: str) -> int | None:
     return None
 
 
-def _check_tokens(tokens: Tensor, d_vocab: int) -> None:
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
-        bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
-        raise ValueError(f"tokens_or_dataset: token id {bad} is out of range for d_vocab={d_vocab}")
-
-
 def collect_activations(
     model: Any,
     tokens_or_dataset: Any,
@@ -321,7 +297,7 @@ def collect_activations(
             raise ValueError(
                 f"tokens_or_dataset: sequences of length {data.seq} exceed the model's n_ctx={view.cfg.n_ctx}"
             )
-        _check_tokens(data.tensor, view.cfg.d_vocab)
+        check_token_range(data.tensor, "tokens_or_dataset", view.cfg.d_vocab)
     if dtype is not None and not dtype.is_floating_point:
         raise TypeError(f"dtype: expected a floating dtype; got {dtype}")
     if device is None:
@@ -363,7 +339,7 @@ def collect_activations(
                         raise ValueError(
                             f"tokens_or_dataset: a sequence of length {seq} exceeds n_ctx={view.cfg.n_ctx}"
                         )
-                    _check_tokens(tokens, view.cfg.d_vocab)
+                    check_token_range(tokens, "tokens_or_dataset", view.cfg.d_vocab)
                 rows_positions = positions[done : done + b] if isinstance(positions, Tensor) else positions
                 mask = positions_mask(rows_positions, b, seq)
                 captured.clear()

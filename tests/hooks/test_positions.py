@@ -71,7 +71,7 @@ def test_masks():
 
 
 def test_checked_int_rejects_bools_non_integers_and_small_values():
-    from tl_tensorsim.hooks.positions import checked_int
+    from tl_tensorsim.checks import checked_int
 
     assert checked_int(3, "n", 1, "a positive int") == 3
     with pytest.raises(TypeError, match=r"n: expected a positive int; got True \(bool\)"):

@@ -60,7 +60,7 @@ def test_self_pairs_kernel_matches_explicit_b():
 def test_dense_row_chunks_head_blocks_and_symmetric_blocks(limit, monkeypatch):
     """The dense path accumulates row chunks of every matrix; self-similarity of many heads multiplies only the
     upper triangle of head blocks; tiny limits split the heads too. All exact against the materialised Gram."""
-    import tl_tensorsim.similarity.factored as factored
+    import tl_tensorsim.factored as factored
 
     if limit is not None:
         monkeypatch.setattr(factored, "DENSE_CHUNK_BYTES", limit)

@@ -19,13 +19,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
-from tl_tensorsim.similarity.factored import cosine_from_parts
-from tl_tensorsim.similarity.heads import CIRCUITS, HeadSimilarity, check_choice
+from tl_tensorsim.artifacts import Provenance
+from tl_tensorsim.checks import as_token_tensor, check_choice, check_token_range
+from tl_tensorsim.linalg import cosine_from_parts
+from tl_tensorsim.similarity.heads import Circuit, HeadSimilarity
 
 
 def raw_weight_vectors(view: ModelView, circuit: str) -> Float[Tensor, "n_heads n_weights"]:
     """Each head's raw weights, flattened and concatenated: QK `[W_Q, W_K]`, OV `[W_V, W_O]` (model dtype)."""
-    check_choice(circuit, CIRCUITS, "circuit")
+    check_choice(circuit, Circuit, "circuit")
     first, second = (view.W_Q, view.W_K) if circuit == "QK" else (view.W_V, view.W_O)
     return torch.cat([rearrange(first, "L H a b -> (L H) (a b)"), rearrange(second, "L H a b -> (L H) (a b)")], dim=-1)
 
@@ -46,14 +48,10 @@ def raw_weight_similarity(model_a: Any, model_b: Any = None, circuit: str = "QK"
 
 
 def _check_tokens(tokens: Any, view: ModelView) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
-        got = f"shape {tuple(tokens.shape)}, {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens: expected an integer tensor [batch, pos]; got {got}")
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= view.cfg.d_vocab):
-        raise ValueError(f"tokens: ids must lie in [0, {view.cfg.d_vocab}); got range [{tokens.min()}, {tokens.max()}]")
-    if tokens.shape[1] > view.cfg.n_ctx:
-        raise ValueError(f"tokens: at most n_ctx={view.cfg.n_ctx} positions; got {tokens.shape[1]}")
-    return tokens
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"tokens: expected an integer tensor [batch, pos]; got {type(tokens).__name__}")
+    tokens = as_token_tensor(tokens, "tokens", allow_1d=False)
+    return check_token_range(tokens, "tokens", view.cfg.d_vocab, view.cfg.n_ctx)
 
 
 def head_outputs(view: ModelView, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "n_heads batch pos d_model"]:
@@ -104,6 +102,13 @@ def behavioral_similarity(
 
 
 def _result(va, vb, inner, na, nb, circuit, metric, extra) -> HeadSimilarity:
+    settings = {"model_a": va.cfg.model_name, "model_b": vb.cfg.model_name, **extra}
+    layers = max(va.cfg.n_layers, vb.cfg.n_layers) if metric == "behavioral" else 0
+    provenance = Provenance(
+        models=(va.cfg.model_name, vb.cfg.model_name),
+        hooks=tuple(f"blocks.{layer}.attn.hook_z" for layer in range(layers)),
+        settings={"circuit": circuit, "metric": metric, **settings},
+    )
     return HeadSimilarity(
         values=cosine_from_parts(inner, na[:, None], nb[None, :]),
         labels_a=va.head_labels(),
@@ -114,5 +119,6 @@ def _result(va, vb, inner, na, nb, circuit, metric, extra) -> HeadSimilarity:
         inner=inner,
         norms_sq_a=na,
         norms_sq_b=nb,
-        settings={"model_a": va.cfg.model_name, "model_b": vb.cfg.model_name, **extra},
+        settings=settings,
+        provenance=provenance,
     )

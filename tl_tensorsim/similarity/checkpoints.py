@@ -21,15 +21,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_tensorsim.adapter import as_view
-from tl_tensorsim.artifacts import Artifact
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.checks import check_choice
+from tl_tensorsim.factored import DEFAULT_MEMORY_BUDGET, pairwise_kernel
+from tl_tensorsim.linalg import chunk_ranges, cosine_from_parts
 from tl_tensorsim.similarity.baselines import head_outputs, raw_weight_vectors
 from tl_tensorsim.similarity.checkpoint_io import SummaryStore, resolve_checkpoints
-from tl_tensorsim.similarity.factored import DEFAULT_MEMORY_BUDGET, _ranges, cosine_from_parts, pairwise_kernel
 from tl_tensorsim.similarity.heads import (
-    CIRCUITS,
-    LEVELS,
-    METRICS,
-    check_choice,
+    Circuit,
+    HeadMetric,
+    Level,
     circuit_factors,
     resolve_positions,
     token_metrics,
@@ -41,7 +42,10 @@ from tl_tensorsim.similarity.heads import (
 @dataclass(repr=False)
 class CheckpointSimilarity(Artifact):
     """`values [n_heads, T, T]` float64: cosine of each head with itself across checkpoints (NaN where not
-    computed, `pairs="final"`). `steps`: the checkpoints' training steps (x axis). `labels`: L0H0, L0H1, ..."""
+    computed, `pairs="final"`). `steps`: the checkpoints' training steps (x axis). `labels`: L0H0, L0H1, ...
+
+    `save(dir)` stores `values` as a float64 tensor (safetensors) and labels, steps, circuit, level, metric,
+    settings and `provenance` as JSON; `tl_tensorsim.load(dir)` reads it back."""
 
     values: Tensor
     labels: list[str]
@@ -50,6 +54,11 @@ class CheckpointSimilarity(Artifact):
     level: str
     metric: str = "tensor"
     settings: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance, compare=False)
+
+    def _check(self) -> None:
+        T = len(self.steps)
+        expect_shape("values", self.values, (len(self.labels), T, T), "[n_heads, T, T] from labels, steps")
 
     def head_index(self, head: int | str) -> int:
         if isinstance(head, str):
@@ -129,16 +138,6 @@ class CheckpointSimilarity(Artifact):
             fig.savefig(path, dpi=110, bbox_inches="tight")
         return fig
 
-    def _tensors(self) -> dict[str, Tensor]:
-        return {"values": self.values}
-
-    def _config(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("labels", "steps", "circuit", "level", "metric", "settings")}
-
-    @classmethod
-    def _from_parts(cls, tensors, config) -> CheckpointSimilarity:
-        return cls(values=tensors["values"], **config)
-
     def __repr__(self) -> str:
         n, T, _ = self.values.shape
         first = self.to_final[:, 0]
@@ -199,9 +198,9 @@ def checkpoint_similarity(
     Returns:
         `CheckpointSimilarity` with `.values [n_heads, T, T]`, `.to_final [n_heads, T]`, `.plot()`.
     """
-    check_choice(circuit, CIRCUITS, "circuit")
-    check_choice(level, LEVELS, "level")
-    check_choice(metric, METRICS, "metric")
+    check_choice(circuit, Circuit, "circuit")
+    check_choice(level, Level, "level")
+    check_choice(metric, HeadMetric, "metric")
     check_choice(pairs, ("all", "final"), "pairs")
     if metric == "behavioral" and tokens is None:
         raise ValueError("tokens: metric='behavioral' needs a token batch [batch, pos]")
@@ -223,7 +222,7 @@ def checkpoint_similarity(
         c = view.cfg
         shape = (c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab, c.n_ctx)
         if arch is None:
-            arch, labels = shape, view.head_labels()
+            arch, labels, model_name = shape, view.head_labels(), c.model_name
             n_pos = resolve_positions([view], positions) if token_level else None
             device = torch.device(device) if device is not None else view.device
         elif shape != arch:
@@ -261,6 +260,11 @@ def checkpoint_similarity(
         level=level if metric == "tensor" else ("weights" if metric == "raw_weight" else "outputs"),
         metric=metric,
         settings=settings,
+        provenance=Provenance(
+            models=(checkpoints if isinstance(checkpoints, str) else model_name,),
+            hooks=tuple(f"blocks.{layer}.attn.hook_z" for layer in range(arch[0])) if metric == "behavioral" else (),
+            settings={"circuit": circuit, "level": level, "metric": metric, "method": method, **settings},
+        ),
     )
 
 
@@ -285,7 +289,7 @@ def _batched_pairs(st, T, n_heads, pairs, dtype, device, kw) -> Tensor:
     first = st.get(0, slice(0, 1))
     per_head = T * sum(v[0].numel() for k, v in first.items() if k in ("A", "B")) * torch.finfo(dtype).bits // 8
     inner = torch.full((n_heads, T, T), float("nan"), dtype=torch.float64)
-    for h0, h1 in _ranges(n_heads, budget // (4 * per_head)):
+    for h0, h1 in chunk_ranges(n_heads, budget // (4 * per_head)):
         A, B = _stack(st, T, slice(h0, h1), dtype, device)
         if pairs == "all":
             inner[h0:h1] = pairwise_kernel(A, B, **kw).cpu().double()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -40,18 +40,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
-from tl_tensorsim.artifacts import Artifact
-from tl_tensorsim.similarity.factored import cosine_from_parts, gram, pairwise_kernel
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.checks import check_choice
+from tl_tensorsim.factored import pairwise_kernel
+from tl_tensorsim.linalg import cosine_from_parts, gram
 
-CIRCUITS = ("QK", "OV")
-LEVELS = ("residual", "token")
-METRICS = ("tensor", "raw_weight", "behavioral")
-
-
-def check_choice(value: Any, options: tuple, argument: str) -> str:
-    if value not in options:
-        raise ValueError(f"{argument}: expected one of {options}; got {value!r}")
-    return value
+Circuit = Literal["QK", "OV"]
+Level = Literal["residual", "token"]
+HeadMetric = Literal["tensor", "raw_weight", "behavioral"]
 
 
 def circuit_factors(
@@ -60,7 +56,7 @@ def circuit_factors(
     """`(A, B)` with `A @ B` the circuit of every head, heads flattened in `head_labels()` order:
     QK: `(W_Q, W_K^T)` (`B` a transposed view); OV: `(W_V, W_O)`. Model dtype and device unless given (then
     stacked straight into `dtype` / `device`, one copy)."""
-    check_choice(circuit, CIRCUITS, "circuit")
+    check_choice(circuit, Circuit, "circuit")
     if circuit == "QK":
         A, B = view.weight("W_Q", dtype, device), view.weight("W_K", dtype, device).transpose(-1, -2)
     else:
@@ -140,6 +136,9 @@ class HeadSimilarity(Artifact):
 
     `values` `[n_heads_a, n_heads_b]` float64; rows and columns ordered L0H0, L0H1, ..., L1H0, ...
     `inner`, `norms_sq_a`, `norms_sq_b`: the raw inner products and squared norms behind the cosines.
+
+    `save(dir)` stores `values`, `inner`, `norms_sq_a`, `norms_sq_b` as float64 tensors (safetensors) and the
+    labels, circuit, level, metric, settings and `provenance` as JSON; `tl_tensorsim.load(dir)` reads it back.
     """
 
     values: Tensor
@@ -152,6 +151,16 @@ class HeadSimilarity(Artifact):
     norms_sq_a: Tensor | None = None
     norms_sq_b: Tensor | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance, compare=False)
+
+    def _check(self) -> None:
+        n_a, n_b = len(self.labels_a), len(self.labels_b)
+        expect_shape("values", self.values, (n_a, n_b), "[n_heads_a, n_heads_b] from labels_a, labels_b")
+        if self.inner is not None:
+            expect_shape("inner", self.inner, (n_a, n_b), "[n_heads_a, n_heads_b] from labels_a, labels_b")
+        for name, n in (("norms_sq_a", n_a), ("norms_sq_b", n_b)):
+            if getattr(self, name) is not None:
+                expect_shape(name, getattr(self, name), (n,), "one per head")
 
     def to_dataframe(self):
         """`pandas.DataFrame` of `values`, index `labels_a`, columns `labels_b`."""
@@ -200,21 +209,6 @@ class HeadSimilarity(Artifact):
             ax.figure.savefig(path, dpi=110, bbox_inches="tight")
         return fig if fig is not None else ax.figure
 
-    def _tensors(self) -> dict[str, Tensor]:
-        out = {"values": self.values}
-        for k in ("inner", "norms_sq_a", "norms_sq_b"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
-        return out
-
-    def _config(self) -> dict[str, Any]:
-        keys = ("labels_a", "labels_b", "circuit", "level", "metric", "settings")
-        return {k: getattr(self, k) for k in keys}
-
-    @classmethod
-    def _from_parts(cls, tensors, config) -> HeadSimilarity:
-        return cls(**config, **tensors)
-
     def __repr__(self) -> str:
         v = self.values
         head = f"HeadSimilarity({self.metric}, {self.circuit}, {self.level}: {v.shape[0]} x {v.shape[1]}"
@@ -261,15 +255,15 @@ def head_similarity(
     Returns:
         `HeadSimilarity` with `.values [n_heads_a, n_heads_b]` (rows/columns L0H0, L0H1, ...).
     """
-    check_choice(circuit, CIRCUITS, "circuit")
-    check_choice(metric, METRICS, "metric")
+    check_choice(circuit, Circuit, "circuit")
+    check_choice(metric, HeadMetric, "metric")
     if metric != "tensor":
         from tl_tensorsim.similarity import baselines
 
         if metric == "raw_weight":
             return baselines.raw_weight_similarity(model_a, model_b, circuit=circuit)
         return baselines.behavioral_similarity(model_a, model_b, tokens=tokens, device=device)
-    check_choice(level, LEVELS, "level")
+    check_choice(level, Level, "level")
     same = model_b is None or model_b is model_a
     va = as_view(model_a)
     vb = va if same else as_view(model_b)
@@ -331,4 +325,8 @@ def head_similarity(
         norms_sq_a=na.clone(),
         norms_sq_b=nb.clone(),
         settings=settings,
+        provenance=Provenance(
+            models=(va.cfg.model_name, vb.cfg.model_name),
+            settings={"circuit": circuit, "level": level, "metric": "tensor", "method": method, **settings},
+        ),
     )

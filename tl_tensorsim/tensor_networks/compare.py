@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
+from tl_tensorsim.checks import check_choice, options
+from tl_tensorsim.factored import factored_cosine, factored_inner
 from tl_tensorsim.tensor_networks.bilinear import BilinearLayer, TensorChain, chain_from_layers
 from tl_tensorsim.tensor_networks.inner import (
     PaddedStack,
@@ -37,8 +39,9 @@ from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
 from tl_tensorsim.tensor_networks.results import PerOutputSimilarity, TensorSimilarityMatrix, TensorValue
 from tl_tensorsim.tensor_networks.transformer_mlp import check_polynomial
 
-METRICS = ("frobenius", "gaussian")
-METHODS = ("auto", "exact", "monte_carlo")
+TensorMetric = Literal["frobenius", "gaussian"]
+TensorMethod = Literal["auto", "exact", "monte_carlo"]
+METRICS = options(TensorMetric)
 _TL_MODELS = {"HookedTransformer", "TransformerBridge", "HookedEncoder", "HookedEncoderDecoder"}
 
 
@@ -60,8 +63,7 @@ def as_chain(obj: Any, argument: str = "model") -> TensorChain:
 
 
 def _check_pair(ca: TensorChain, cb: TensorChain, metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"metric: expected one of {METRICS}; got {metric!r}")
+    check_choice(metric, TensorMetric, "metric")
     if ca.d_in != cb.d_in:
         raise ValueError(f"b: input dimension {cb.d_in} differs from a's {ca.d_in}; both must read the same input")
     if ca.d_out != cb.d_out:
@@ -74,8 +76,7 @@ def _check_pair(ca: TensorChain, cb: TensorChain, metric: str) -> None:
 
 
 def _resolve_method(depths: Sequence[int], metric: str, method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}; got {method!r}")
+    check_choice(method, TensorMethod, "method")
     if metric == "frobenius":
         if method == "monte_carlo":
             raise ValueError("method: 'monte_carlo' estimates the gaussian metric; metric='frobenius' is always exact")
@@ -115,15 +116,10 @@ def _factored(a: Any, b: Any, metric: str, sigma: Tensor | None, inner: bool) ->
         raise TypeError(
             f"a, b: a FactoredMatrix compares only with a FactoredMatrix; got {type(a).__name__}, {type(b).__name__}"
         )
-    if metric not in METRICS:
-        raise ValueError(f"metric: expected one of {METRICS}; got {metric!r}")
-    try:
-        from tl_tensorsim.similarity import factored
-    except ImportError as e:  # pragma: no cover - depends on the other module being present
-        raise NotImplementedError("FactoredMatrix inputs need tl_tensorsim.similarity.factored") from e
+    check_choice(metric, TensorMetric, "metric")
     # A FactoredMatrix is the linear map x -> x M (not symmetrised: it is not a quadratic form here), and
     # E_{x~N(0,Σ)}[(x M_a)·(x M_b)] = tr(M_aᵀ Σ M_b) = <M_a, M_b>_Σ: the two metrics coincide.
-    fn = factored.factored_inner if inner else factored.factored_cosine
+    fn = factored_inner if inner else factored_cosine
     out = fn(a, b, left_metric=sigma) if sigma is not None else fn(a, b)
     if isinstance(out, Tensor) and out.numel() == 1:
         return TensorValue(float(out), metric=metric, method="factored", kind="inner" if inner else "cosine")

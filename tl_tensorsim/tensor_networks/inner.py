@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tl_tensorsim.similarity.factored import cosine_from_parts
+from tl_tensorsim.checks import output_indices
+from tl_tensorsim.linalg import cosine_from_parts
 from tl_tensorsim.tensor_networks.bilinear import TensorChain
 
 
@@ -250,13 +251,8 @@ def cross_pass(A: PaddedStack, B: PaddedStack, G0: Tensor, gaussian: bool) -> tu
 
 def select_outputs(values: Tensor, output: int | Sequence[int] | None, d_out: int) -> Tensor:
     """Sum the per-output values over the selected outputs (all when None)."""
-    if output is None:
-        return values.sum(-1)
-    idx = [output] if isinstance(output, int) else list(output)
-    for c in idx:
-        if not -d_out <= int(c) < d_out:
-            raise ValueError(f"output: index {c} out of range for d_out={d_out}")
-    return values[..., idx].sum(-1)
+    idx = output_indices(output, d_out)
+    return values.sum(-1) if idx is None else values[..., idx].sum(-1)
 
 
 def cosine(ab: Tensor, aa: Tensor, bb: Tensor, eps: float = 1e-30) -> tuple[Tensor, bool]:

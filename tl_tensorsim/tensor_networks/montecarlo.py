@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tl_tensorsim.checks import output_indices
 from tl_tensorsim.tensor_networks.bilinear import TensorChain
 
 
@@ -122,12 +123,7 @@ def groups_matrix(d_out: int, output: int | Sequence[int] | None, per_output: bo
     """`(d_out, G)` selector: one group per output (`per_output`), or one group of the selected outputs."""
     if per_output:
         return torch.eye(d_out, dtype=torch.float64)
+    idx = output_indices(output, d_out)
     g = torch.zeros(d_out, 1, dtype=torch.float64)
-    if output is None:
-        g[:] = 1
-    else:
-        for c in [output] if isinstance(output, int) else list(output):
-            if not -d_out <= int(c) < d_out:
-                raise ValueError(f"output: index {c} out of range for d_out={d_out}")
-            g[int(c), 0] = 1
+    g[slice(None) if idx is None else idx, 0] = 1
     return g

@@ -16,7 +16,6 @@ known); `positions_mask` turns positions into the boolean mask the hooks index w
 from __future__ import annotations
 
 import operator
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,20 +23,6 @@ from torch import Tensor
 Positions = int | Tensor | None
 
 _EXPECTED = "None, an int, a LongTensor[batch] (one position per row) or a boolean mask [batch, pos]"
-
-
-def checked_int(value: Any, argument: str, minimum: int, expected: str) -> int:
-    """`value` as a Python int `>= minimum` (bools and non-integers rejected), else a `TypeError` /
-    `ValueError` naming `argument` and what was `expected`."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{argument}: expected {expected}; got {value!r} ({type(value).__name__})") from None
-    if value < minimum:
-        raise ValueError(f"{argument}: expected {expected}; got {value}")
-    return value
 
 
 def normalize_positions(positions: Positions, argument: str = "positions") -> Positions:

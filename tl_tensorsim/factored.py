@@ -26,6 +26,7 @@ products accumulated (`out += X_a X_b^T`), so no matrix is held whole and the ch
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from einops import rearrange, reduce
@@ -33,11 +34,14 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
+from tl_tensorsim.checks import check_choice
+from tl_tensorsim.linalg import chunk_ranges, cosine_from_parts
+
 FactoredLike = FactoredMatrix | tuple[Tensor, Tensor] | Tensor
 """A `FactoredMatrix`, an `(A, B)` pair meaning `A @ B` (`A [..., m, r]`, `B [..., r, n]`), or a dense
 `[..., m, n]` tensor. Leading dimensions are batch dimensions."""
 MetricLike = Tensor | tuple[Tensor, Tensor, Tensor] | None
-METHODS = ("auto", "factored", "dense")
+Method = Literal["auto", "factored", "dense"]
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate results held at once
 DENSE_CHUNK_BYTES = 192 << 20  # dense path: rows materialised at once (big enough for efficient matmuls, small
 # enough that reused buffers beat touching fresh pages; a whole GPT-2 head set materialised fresh is 2x slower)
@@ -123,20 +127,14 @@ class _Buffers:
         return torch.matmul(A, B, out=buf[:numel].view(shape))
 
 
-def _ranges(n: int, step: int):
-    step = max(1, int(step))
-    for i in range(0, n, step):
-        yield i, min(n, i + step)
-
-
 def _blocks(K: int, N: int, unit_bytes: float, budget: float):
     """(k0, k1, i0, i1) covering K x N so that each block's (k1-k0)*(i1-i0)*unit_bytes fits in budget."""
     if N * unit_bytes <= budget:
-        for k0, k1 in _ranges(K, budget // max(1.0, N * unit_bytes)):
+        for k0, k1 in chunk_ranges(K, budget // max(1.0, N * unit_bytes)):
             yield k0, k1, 0, N
     else:
         for k in range(K):
-            for i0, i1 in _ranges(N, budget // max(1.0, unit_bytes)):
+            for i0, i1 in chunk_ranges(N, budget // max(1.0, unit_bytes)):
                 yield k, k + 1, i0, i1
 
 
@@ -154,8 +152,8 @@ def _dense_pairs(
     if row > limit and Na + Nb > 2:  # too many heads for one row of each: split the heads, then the rows
         out = Aa.new_empty(K, Na, Nb)
         step = max(1, int(limit // (2 * n * item)))
-        for i0, i1 in _ranges(Na, step):
-            for j0, j1 in _ranges(Nb, step):
+        for i0, i1 in chunk_ranges(Na, step):
+            for j0, j1 in chunk_ranges(Nb, step):
                 if reuse and j1 <= i0:
                     out[:, i0:i1, j0:j1] = out[:, j0:j1, i0:i1].mT
                     continue
@@ -166,15 +164,15 @@ def _dense_pairs(
     rows = int(max(1, min(m, limit // row)))
     kk = int(max(1, min(K, limit // (row * m)))) if rows == m else 1
     half = -(-Na // 2) if reuse and Na >= SYMMETRIC_SPLIT else max(Na, Nb)  # 2 x 2 blocks: 3 of 4 products
-    tiles = [(i, j) for i in _ranges(Na, half) for j in _ranges(Nb, half) if j[0] >= i[0]]
+    tiles = [(i, j) for i in chunk_ranges(Na, half) for j in chunk_ranges(Nb, half) if j[0] >= i[0]]
     acc = {t: Aa.new_zeros(K, t[0][1] - t[0][0], t[1][1] - t[1][0]) for t in tiles}
 
     def chunk(slot: str, A: Tensor, B: Tensor | None, k0: int, k1: int, p0: int, p1: int) -> Tensor:
         X = buf.matmul(slot, A[k0:k1, :, p0:p1], None if B is None else B[k0:k1])
         return X.reshape(k1 - k0, X.shape[1], -1)
 
-    for k0, k1 in _ranges(K, kk):
-        for p0, p1 in _ranges(m, rows):
+    for k0, k1 in chunk_ranges(K, kk):
+        for p0, p1 in chunk_ranges(m, rows):
             Xa = chunk("a", Aa, Ba, k0, k1, p0, p1)
             Xb = Xa if reuse else chunk("b", Ab, Bb, k0, k1, p0, p1)
             for (i0, i1), (j0, j1) in tiles:  # out= form: in-place `baddbmm_` escapes torch's FlopCounterMode
@@ -199,7 +197,7 @@ def pairwise_kernel(
     G: Float[Tensor, "ma mb"] | None = None,
     H: Float[Tensor, "na nb"] | None = None,
     *,
-    method: str = "auto",
+    method: Method = "auto",
     memory_budget: float | None = None,
 ) -> Float[Tensor, "K Na Nb"]:
     """`out[k, i, j] = <A_a[k,i] B_a[k,i], A_b[k,j] B_b[k,j]>_{G,H}` for all pairs within each of `K` blocks.
@@ -268,7 +266,7 @@ def factored_inner(
     right_metric: Float[Tensor, "n_a n_b"] | None = None,
     *,
     pairwise: bool = False,
-    method: str = "auto",
+    method: Method = "auto",
     dtype: torch.dtype = torch.float64,
     memory_budget: float | None = None,
 ) -> Tensor:
@@ -288,8 +286,7 @@ def factored_inner(
         float64 tensor on the inputs' device, computed under `torch.no_grad()` (weights that require grad, such as
         a live `model.QK`, are fine; the result carries no gradient).
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}; got {method!r}")
+    check_choice(method, Method, "method")
     A0, _ = _factors(a, "a")
     device = A0.device
     Aa, Ba, batch_a = _prepare(a, "a", dtype, device)
@@ -323,13 +320,6 @@ def _metric_triple(metric: MetricLike, argument: str) -> tuple[Tensor | None, Te
     raise TypeError(f"{argument}: expected None, a tensor, or a tuple (M_aa, M_ab, M_bb); got {type(metric).__name__}")
 
 
-def cosine_from_parts(inner: Tensor, norm_sq_a: Tensor, norm_sq_b: Tensor, eps: float = 1e-300) -> Tensor:
-    """`inner / (sqrt(|a|^2) sqrt(|b|^2))`, broadcasting; 0 where either norm is (numerically) zero, never NaN."""
-    na, nb = norm_sq_a.clamp_min(0).sqrt(), norm_sq_b.clamp_min(0).sqrt()
-    denom = na * nb
-    return torch.where(denom > eps, inner / denom.clamp_min(eps), torch.zeros_like(inner))
-
-
 def factored_cosine(
     a: FactoredLike,
     b: FactoredLike,
@@ -337,7 +327,7 @@ def factored_cosine(
     right_metric: MetricLike = None,
     *,
     pairwise: bool = False,
-    method: str = "auto",
+    method: Method = "auto",
     dtype: torch.dtype = torch.float64,
     memory_budget: float | None = None,
 ) -> Tensor:
@@ -356,28 +346,3 @@ def factored_cosine(
     if pairwise:
         na = na.reshape(*na.shape, *([1] * nb.ndim))
     return cosine_from_parts(inner, na, nb)
-
-
-def gram(
-    x: Float[Tensor, "rows d_x"],
-    y: Float[Tensor, "rows d_y"] | None = None,
-    *,
-    dim: int = 0,
-    dtype: torch.dtype = torch.float64,
-    chunk_size: int = 8192,
-) -> Float[Tensor, "d_x d_y"]:
-    """Gram matrix contracting axis `dim` of two 2-D tensors, in `dtype`, converting `chunk_size` slices at a
-    time (no full-precision copy of a `[d_vocab, d_model]` matrix). `dim=0`: `x^T y` (embeddings `W_E`);
-    `dim=1`: `x y^T` (unembeddings `W_U`). `y=None` means `y = x`."""
-    same = y is None or y is x
-    y = x if y is None else y
-    if x.ndim != 2 or y.ndim != 2 or x.shape[dim] != y.shape[dim]:
-        raise ValueError(f"x, y: expected 2-D tensors sharing axis {dim}; got {tuple(x.shape)} and {tuple(y.shape)}")
-    if dim == 1:
-        x, y = x.T, y.T
-    out = torch.zeros(x.shape[1], y.shape[1], dtype=dtype, device=x.device)
-    for i0, i1 in _ranges(x.shape[0], chunk_size):
-        xc = x[i0:i1].to(dtype)
-        yc = xc if same else y[i0:i1].to(device=x.device, dtype=dtype)
-        out += xc.T @ yc
-    return out

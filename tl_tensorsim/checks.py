@@ -1,0 +1,101 @@
+"""Argument checks shared by every public entry point (core layer: imports nothing from the package).
+
+Each check raises a `TypeError` (wrong kind of value) or `ValueError` (right kind, wrong value) whose message
+names the argument, what was expected and what was given, before any work starts. Options are `Literal` aliases
+(`Circuit = Literal["QK", "OV"]`); their runtime tuples come from `options(Circuit)` (`typing.get_args`), so
+the type annotation and the check can never disagree.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any, get_args
+
+import torch
+from torch import Tensor
+
+
+class TokenDtypeError(TypeError, ValueError):
+    """Token ids of a non-integer dtype: a `TypeError` that is also a `ValueError` (both were raised before)."""
+
+
+def options(alias: Any) -> tuple[str, ...]:
+    """The runtime tuple of a `Literal[...]` alias: `options(Literal["QK", "OV"]) == ("QK", "OV")`."""
+    values = get_args(alias)
+    if not values:
+        raise TypeError(f"alias: expected a typing.Literal; got {alias!r}")
+    return values
+
+
+def check_choice(value: Any, choices: Any, argument: str) -> Any:
+    """`value` if it is one of `choices` (a `Literal` alias or a tuple), else a `ValueError` naming `argument`."""
+    allowed = tuple(choices) if isinstance(choices, tuple | list) else options(choices)
+    if value not in allowed:
+        raise ValueError(f"{argument}: expected one of {allowed}; got {value!r}")
+    return value
+
+
+def checked_int(value: Any, argument: str, minimum: int, expected: str) -> int:
+    """`value` as a Python int `>= minimum` (bools and non-integers rejected), else a `TypeError` /
+    `ValueError` naming `argument` and what was `expected`."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{argument}: expected {expected}; got {value!r} ({type(value).__name__})") from None
+    if value < minimum:
+        raise ValueError(f"{argument}: expected {expected}; got {value}")
+    return value
+
+
+def as_token_tensor(value: Any, argument: str, *, allow_1d: bool = True) -> Tensor:
+    """Token ids as a `LongTensor [batch, pos]`: a tensor, or anything `torch.as_tensor` takes (lists of ints).
+
+    A 1-D `[pos]` input is one sequence (`[1, pos]`) when `allow_1d`. Floating, complex or boolean dtypes are a
+    `TypeError`; any other rank is a `ValueError`. Ranges are checked by `check_token_range`.
+    """
+    if isinstance(value, Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except Exception as exc:  # reported as a TypeError naming the input
+            raise TypeError(
+                f"{argument}: expected token ids (a LongTensor or a list of ints); got {type(value).__name__}"
+            ) from exc
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TokenDtypeError(f"{argument}: expected integer token ids [batch, pos]; got dtype {t.dtype}")
+    if t.ndim == 1 and allow_1d:
+        t = t.unsqueeze(0)
+    if t.ndim != 2:
+        one = " (or one sequence [pos])" if allow_1d else ""
+        raise ValueError(f"{argument}: expected token ids [batch, pos]{one}; got shape {list(t.shape)}")
+    return t.long()
+
+
+def check_token_range(tokens: Tensor, argument: str, d_vocab: int, n_ctx: int | None = None) -> Tensor:
+    """`tokens` unchanged if every id lies in `[0, d_vocab)` and (when `n_ctx` is given) `pos <= n_ctx`."""
+    if tokens.numel():
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= d_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{argument}: token id {bad} is out of range for d_vocab={d_vocab} (ids must lie in [0, {d_vocab}); "
+                f"got range [{lo}, {hi}])"
+            )
+    if n_ctx is not None and tokens.shape[-1] > n_ctx:
+        raise ValueError(f"{argument}: at most n_ctx={n_ctx} positions; got {tokens.shape[-1]}")
+    return tokens
+
+
+def output_indices(output: int | Sequence[int] | None, d_out: int, argument: str = "output") -> list[int] | None:
+    """`output` as a list of indices in `[-d_out, d_out)` (None stays None: every output)."""
+    if output is None:
+        return None
+    idx = [output] if isinstance(output, int) else list(output)
+    for c in idx:
+        if not -d_out <= int(c) < d_out:
+            raise ValueError(f"{argument}: index {c} out of range for d_out={d_out}")
+    return [int(c) for c in idx]
