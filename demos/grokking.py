@@ -1,4 +1,4 @@
-"""Grokking seen by tensor similarity: modular addition (P = 113) as a tensor network (paper §5.1 of the notes).
+"""Grokking seen by tensor similarity: modular addition (P = 113) as a tensor network (arXiv 2605.15183, the modular-arithmetic study).
 
 Trains Bilinear(226 -> 64) then Linear(64 -> 113) on 30% of the pairs, keeps checkpoints on a power schedule, and
 compares them all with exact tensor similarity (frobenius, the metric of the paper's figure) beside two baselines:

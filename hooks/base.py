@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.checks import checked_int
@@ -35,7 +36,7 @@ def _as_float_tensor(value: Any, argument: str) -> Tensor:
     if not isinstance(value, Tensor):
         try:
             value = torch.as_tensor(value)
-        except Exception as exc:  # noqa: BLE001 - reported as a TypeError naming the argument
+        except Exception as exc:  # reported as a TypeError naming the argument
             raise TypeError(f"{argument}: expected a tensor; got {type(value).__name__}") from exc
     if not value.dtype.is_floating_point:
         raise TypeError(f"{argument}: expected a floating-point tensor; got dtype {value.dtype}")
@@ -44,7 +45,7 @@ def _as_float_tensor(value: Any, argument: str) -> Tensor:
     return value
 
 
-def check_basis(basis: Any, atol: float | None = None, argument: str = "basis") -> Tensor:
+def check_basis(basis: Any, atol: float | None = None, argument: str = "basis") -> Float[Tensor, "d k"]:
     """Return `basis` as a `[d, k]` tensor after checking it has orthonormal columns.
 
     A 1-D `[d]` vector is taken as one direction (`[d, 1]`, it must have unit norm). Raises `ValueError`

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
@@ -71,7 +72,9 @@ def _check_one(view: ModelView, name: str, hook_fn: Any, batch: int | None, seq:
         raise TypeError(f"hook_fn: expected a callable fn(activation, hook); got {type(hook_fn).__name__}")
 
 
-def bind(model: Any, hook_name: str, hook_fn: Callable, tokens: Tensor | None = None) -> tuple[str, Callable]:
+def bind(
+    model: Any, hook_name: str, hook_fn: Callable, tokens: Int[Tensor, "batch pos"] | None = None
+) -> tuple[str, Callable]:
     """Check `hook_fn` at `hook_name` on `model` and return the `(hook_name, hook_fn)` pair for `fwd_hooks`.
 
     Raises `ValueError` (see the module docstring) before any forward pass. Pass the `tokens` the model will run
@@ -84,7 +87,9 @@ def bind(model: Any, hook_name: str, hook_fn: Callable, tokens: Tensor | None = 
 
 
 def validate(
-    model: Any, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]], tokens: Tensor | None = None
+    model: Any,
+    fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]],
+    tokens: Int[Tensor, "batch pos"] | None = None,
 ) -> list[tuple[str | Callable[[str], bool], Callable]]:
     """`bind` every `(name, hook_fn)` pair of a `fwd_hooks` list; returns the list unchanged.
 

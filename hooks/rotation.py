@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.linalg import is_orthonormal
@@ -59,7 +60,7 @@ class Rotate(SubspaceHook):
     def _tensor_name(self) -> str:
         return "rotation"
 
-    def matrix(self) -> Tensor:
+    def matrix(self) -> Float[Tensor, "d d"]:
         """The matrix the hook multiplies by on the right: `R`, or `R⁻¹` (`Rᵀ` when `R` is orthogonal)."""
         r = self.rotation
         if not self.inverse:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.checks import check_choice
@@ -82,7 +83,7 @@ class Ablate(_BasisHook):
         self,
         basis: Any,
         mode: str = "zero",
-        mean: Tensor | None = None,
+        mean: Float[Tensor, "*pos d"] | None = None,
         positions: Positions = None,
         head: int | None = None,
         atol: float | None = None,
@@ -150,7 +151,7 @@ class Interchange(_BasisHook):
     def __init__(
         self,
         basis: Any,
-        source: Tensor,
+        source: Float[Tensor, "*batch_pos d"],
         positions: Positions = None,
         head: int | None = None,
         atol: float | None = None,
@@ -243,7 +244,7 @@ def project(basis: Any, *, positions: Positions = None, head: int | None = None,
 def ablate(
     basis: Any,
     mode: str = "zero",
-    mean: Tensor | None = None,
+    mean: Float[Tensor, "*pos d"] | None = None,
     *,
     positions: Positions = None,
     head: int | None = None,
@@ -257,7 +258,7 @@ def ablate(
 
 def interchange(
     basis: Any,
-    source: Tensor,
+    source: Float[Tensor, "*batch_pos d"],
     *,
     positions: Positions = None,
     head: int | None = None,

@@ -156,7 +156,7 @@ class _Store:
             self.path = Path(name)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self.file = open(self.path, "wb")  # closed in finish()/abort()
         self.file.write(b"\0" * _NPY_HEADER_BYTES)
         for chunk in self.chunks:
             self._write(chunk)

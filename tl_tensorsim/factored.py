@@ -4,7 +4,7 @@ For `M_a = A_a B_a` (`A_a [m_a, r_a]`, `B_a [r_a, n_a]`) and `M_b = A_b B_b`, wi
 `G [m_a, m_b]` and right metric `H [n_a, n_b]`, the metric Frobenius inner product is
 
     <M_a, M_b>_{G,H} = sum_{i,j,k,l} M_a[i,j] G[i,k] H[j,l] M_b[k,l] = tr(M_a^T G M_b H^T)
-                     = Sum[(A_a^T G A_b) o (B_a H B_b^T)]                    (tensor_similarity.md §4)
+                     = Sum[(A_a^T G A_b) o (B_a H B_b^T)]                    (arXiv 2605.15183, applied to attention heads)
 
 With `G = P_a^T P_b` and `H = Q_a Q_b^T` this is the plain Frobenius product of the sandwiched matrices
 `P_a M_a Q_a` and `P_b M_b Q_b` (e.g. the full QK circuit `W_E QK W_E^T`: `P = W_E`, `Q = W_E^T`), computed
@@ -269,7 +269,7 @@ def factored_inner(
     method: Method = "auto",
     dtype: torch.dtype = torch.float64,
     memory_budget: float | None = None,
-) -> Tensor:
+) -> Float[Tensor, "*batch"]:
     """Exact Frobenius inner product `<M_a, M_b>_{G,H} = Sum[(A_a^T G A_b) o (B_a H B_b^T)]`.
 
     Args:
@@ -330,7 +330,7 @@ def factored_cosine(
     method: Method = "auto",
     dtype: torch.dtype = torch.float64,
     memory_budget: float | None = None,
-) -> Tensor:
+) -> Float[Tensor, "*batch"]:
     """Cosine `<a, b> / (|a| |b|)` of `factored_inner` (same arguments and shapes), float64 in [-1, 1].
 
     A metric is None (identity), one square tensor used for all three products (a shared input covariance,

@@ -22,7 +22,12 @@ def chunk_ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
         yield i, min(n, i + step)
 
 
-def cosine_from_parts(inner: Tensor, norm_sq_a: Tensor, norm_sq_b: Tensor, eps: float = 1e-300) -> Tensor:
+def cosine_from_parts(
+    inner: Float[Tensor, "*shape"],
+    norm_sq_a: Float[Tensor, "*shape_a"],
+    norm_sq_b: Float[Tensor, "*shape_b"],
+    eps: float = 1e-300,
+) -> Float[Tensor, "*shape"]:
     """`inner / (sqrt(|a|^2) sqrt(|b|^2))`, broadcasting; 0 where either norm is (numerically) zero, never NaN."""
     na, nb = norm_sq_a.clamp_min(0).sqrt(), norm_sq_b.clamp_min(0).sqrt()
     denom = na * nb

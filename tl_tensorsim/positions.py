@@ -18,6 +18,7 @@ from __future__ import annotations
 import operator
 
 import torch
+from jaxtyping import Bool
 from torch import Tensor
 
 Positions = int | Tensor | None
@@ -105,7 +106,7 @@ def check_positions(
 
 def positions_mask(
     positions: Positions, batch: int, seq: int, device: torch.device | str | None = None
-) -> Tensor | None:
+) -> Bool[Tensor, "batch seq"] | None:
     """The boolean mask `[batch, seq]` of touched positions, or `None` for every position.
 
     Raises a `ValueError` if `positions` does not fit a `[batch, seq]` input.

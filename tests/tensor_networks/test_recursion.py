@@ -82,7 +82,7 @@ def test_per_output_slices_sum_to_total():
 
 
 def test_local_symmetrisation_is_not_full_symmetrisation():
-    """The metric symmetrises each layer's forms (paper note §3.1); symmetrising all 2^N legs is another number."""
+    """The metric symmetrises each layer's forms (arXiv 2605.15183, the recursive algorithm); symmetrising all 2^N legs is another number."""
     a, b = random_net(10, n_layers=2), random_net(11, n_layers=2)
     Ta, Tb = bf.network_tensor(a), bf.network_tensor(b)
     local = bf.frobenius(Ta, Tb)

@@ -1,4 +1,4 @@
-"""Weight-based, symmetry-invariant similarity of attention heads (tensor_similarity.md §4).
+"""Weight-based, symmetry-invariant similarity of attention heads (arXiv 2605.15183, applied to attention heads).
 
 - re-exported from the core (`tl_tensorsim.factored`, `tl_tensorsim.linalg`): exact (metric) Frobenius inner
   products and cosines of factored matrices, `FactoredMatrix` inputs, batched all pairs, factored-vs-dense choice

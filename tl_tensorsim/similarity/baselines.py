@@ -3,7 +3,7 @@
 - **Raw weight cosine**: cosine of each head's concatenated, flattened raw weights `[W_Q, W_K]` (QK) or
   `[W_V, W_O]` (OV). It is *not* invariant to the head-internal GL(d_head) gauges or to a rotation of the residual
   stream, so it moves under reparametrisations that leave the function unchanged: the reason for the tensor
-  similarity (tensor_similarity.md §2.5, §5.2 "matrix cosine").
+  similarity (arXiv 2605.15183: the invariances and the "matrix cosine" baseline of the backdoor study).
 - **Behavioural cosine**: cosine of the heads' outputs (`z @ W_O` per head, i.e. `hook_result` without `b_O`),
   flattened over a token batch's `[batch, pos, d_model]`. Data-dependent, gauge-invariant, but not invariant to
   a rotation of one model's residual stream.
@@ -32,7 +32,7 @@ def raw_weight_vectors(view: ModelView, circuit: str) -> Float[Tensor, "n_heads 
     return torch.cat([rearrange(first, "L H a b -> (L H) (a b)"), rearrange(second, "L H a b -> (L H) (a b)")], dim=-1)
 
 
-def raw_weight_similarity(model_a: Any, model_b: Any = None, circuit: str = "QK") -> HeadSimilarity:
+def raw_weight_similarity(model_a: Any, model_b: Any = None, circuit: Circuit = "QK") -> HeadSimilarity:
     """Cosine of raw concatenated head weights (not gauge-invariant), float64 `[n_heads_a, n_heads_b]`."""
     va = as_view(model_a)
     vb = va if model_b is None else as_view(model_b)

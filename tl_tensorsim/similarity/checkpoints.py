@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_tensorsim.adapter import as_view
 from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
 from tl_tensorsim.checks import check_choice
-from tl_tensorsim.factored import DEFAULT_MEMORY_BUDGET, pairwise_kernel
+from tl_tensorsim.factored import DEFAULT_MEMORY_BUDGET, Method, pairwise_kernel
 from tl_tensorsim.linalg import chunk_ranges, cosine_from_parts
 from tl_tensorsim.similarity.baselines import head_outputs, raw_weight_vectors
 from tl_tensorsim.similarity.checkpoint_io import SummaryStore, resolve_checkpoints
@@ -160,19 +161,19 @@ def _summary(view, circuit: str, level: str, metric: str, n_pos: int | None, tok
 
 def checkpoint_similarity(
     checkpoints: Any,
-    circuit: str = "QK",
-    level: str = "residual",
+    circuit: Circuit = "QK",
+    level: Level = "residual",
     *,
-    metric: str = "tensor",
+    metric: HeadMetric = "tensor",
     checkpoint_indices: list[int] | None = None,
     steps: list | None = None,
     model: Any = None,
-    tokens: Tensor | None = None,
+    tokens: Int[Tensor, "batch pos"] | None = None,
     positions: bool | int = False,
     pairs: str = "all",
     from_pretrained_kwargs: dict | None = None,
     store: str = "auto",
-    method: str = "auto",
+    method: Method = "auto",
     dtype: torch.dtype = torch.float64,
     device: Any = None,
     memory_budget: float | None = None,

@@ -3,7 +3,7 @@
 Each head's QK circuit `W_Q W_K^T` (a bilinear form on the residual stream) and OV circuit `W_V W_O` are kept
 factored (rank `d_head`); the cosine between two heads is the Frobenius cosine of these `d_model x d_model`
 matrices (`level="residual"`), or of the full circuits through the embedding and unembedding
-(`level="token"`: `W_E QK W_E^T`, `W_E OV W_U`, `d_vocab x d_vocab`, never materialised; tensor_similarity.md §4):
+(`level="token"`: `W_E QK W_E^T`, `W_E OV W_U`, `d_vocab x d_vocab`, never materialised; arXiv 2605.15183 applied to heads):
 
     <W_E,a QK_a W_E,a^T, W_E,b QK_b W_E,b^T> = Sum[(W_Q,a^T G W_Q,b) o (W_K,a^T G W_K,b)],   G = W_E,a^T W_E,b
     <W_E,a OV_a W_U,a,  W_E,b OV_b W_U,b>    = Sum[(W_V,a^T G W_V,b) o (W_O,a H W_O,b^T)],   H = W_U,a W_U,b^T
@@ -36,13 +36,13 @@ from typing import Any, Literal
 
 import torch
 from einops import rearrange
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
 from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
 from tl_tensorsim.checks import check_choice
-from tl_tensorsim.factored import pairwise_kernel
+from tl_tensorsim.factored import Method, pairwise_kernel
 from tl_tensorsim.linalg import cosine_from_parts, gram
 
 Circuit = Literal["QK", "OV"]
@@ -225,13 +225,13 @@ class HeadSimilarity(Artifact):
 def head_similarity(
     model_a: Any,
     model_b: Any = None,
-    circuit: str = "QK",
-    level: str = "residual",
+    circuit: Circuit = "QK",
+    level: Level = "residual",
     *,
-    metric: str = "tensor",
+    metric: HeadMetric = "tensor",
     positions: bool | int = False,
-    tokens: Tensor | None = None,
-    method: str = "auto",
+    tokens: Int[Tensor, "batch pos"] | None = None,
+    method: Method = "auto",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     memory_budget: float | None = None,

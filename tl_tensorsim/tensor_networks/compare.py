@@ -15,15 +15,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
 from tl_tensorsim.checks import check_choice, options
 from tl_tensorsim.factored import factored_cosine, factored_inner
-from tl_tensorsim.tensor_networks.bilinear import BilinearLayer, TensorChain, chain_from_layers
+from tl_tensorsim.models.bilinear import BilinearLayer, TensorChain, chain_from_layers
 from tl_tensorsim.tensor_networks.inner import (
     PaddedStack,
     cosine,
@@ -35,8 +36,13 @@ from tl_tensorsim.tensor_networks.inner import (
     tile_size,
 )
 from tl_tensorsim.tensor_networks.montecarlo import gaussian_moments, groups_matrix
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
-from tl_tensorsim.tensor_networks.results import PerOutputSimilarity, TensorSimilarityMatrix, TensorValue
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork
+from tl_tensorsim.tensor_networks.results import (
+    PerOutputSimilarity,
+    TensorSimilarityMatrix,
+    TensorValue,
+    chain_provenance,
+)
 from tl_tensorsim.tensor_networks.transformer_mlp import check_polynomial
 
 TensorMetric = Literal["frobenius", "gaussian"]
@@ -133,15 +139,27 @@ def _common(a: Any, b: Any, metric: str, method: str, device: Any) -> tuple[Tens
     return ca, cb, method, device if device is not None else ca.device
 
 
+@overload
+def tensor_similarity(
+    a: FactoredMatrix, b: FactoredMatrix, metric: TensorMetric = ..., **kwargs: Any
+) -> TensorValue | Float[Tensor, "*batch"]: ...
+@overload
+def tensor_similarity(
+    a: Any, b: Any, metric: TensorMetric = ..., *, per_output: Literal[True], **kwargs: Any
+) -> PerOutputSimilarity: ...
+@overload
+def tensor_similarity(
+    a: Any, b: Any, metric: TensorMetric = ..., *, per_output: Literal[False] = ..., **kwargs: Any
+) -> TensorValue: ...
 def tensor_similarity(
     a: Any,
     b: Any,
-    metric: str = "frobenius",
+    metric: TensorMetric = "frobenius",
     *,
     output: int | Sequence[int] | None = None,
     per_output: bool = False,
-    sigma: Tensor | None = None,
-    method: str = "auto",
+    sigma: Float[Tensor, "d_in d_in"] | None = None,
+    method: TensorMethod = "auto",
     samples: int = 200_000,
     seed: int = 0,
     batch_size: int | None = None,
@@ -168,34 +186,42 @@ def tensor_similarity(
     if isinstance(a, FactoredMatrix) or isinstance(b, FactoredMatrix):
         return _factored(a, b, metric, sigma, inner=False)
     ca, cb, method, device = _common(a, b, metric, method, device)
+    prov = chain_provenance(
+        [ca, cb], sigma, metric=metric, method=method, output=output, per_output=per_output, dtype=dtype,
+        **({"samples": samples, "seed": seed} if method == "monte_carlo" else {}),
+    )  # fmt: skip
     if method == "exact":
         with torch.no_grad():
             v_ab, v_aa, v_bb, *_ = _exact_parts(ca, cb, metric, sigma, dtype, device)
         if per_output:
             cos, used = cosine(v_ab, v_aa, v_bb)
             _warn_zero(used)
-            return PerOutputSimilarity(cos.double().cpu(), metric, method)
+            return PerOutputSimilarity(cos.double().cpu(), metric, method, provenance=prov)
         sel = [select_outputs(v, output, ca.d_out) for v in (v_ab, v_aa, v_bb)]
         cos, used = cosine(*sel)
         _warn_zero(used)
-        return TensorValue(float(cos), metric=metric, method="exact")
+        return TensorValue(float(cos), metric=metric, method="exact", provenance=prov)
     groups = groups_matrix(ca.d_out, output, per_output)
     mom = gaussian_moments([ca, cb], groups, samples, seed, sigma, dtype, device, batch_size)
     r, se = mom.cosine()
     _warn_zero(bool((torch.diagonal(mom.mean, dim1=0, dim2=1) <= 1e-30).any()))
     if per_output:
-        return PerOutputSimilarity(r[0, 1].cpu(), metric, method, stderr=se[0, 1].cpu(), samples=samples)
-    return TensorValue(float(r[0, 1, 0]), metric=metric, method=method, stderr=float(se[0, 1, 0]), samples=samples)
+        return PerOutputSimilarity(
+            r[0, 1].cpu(), metric, method, stderr=se[0, 1].cpu(), samples=samples, provenance=prov
+        )
+    return TensorValue(
+        float(r[0, 1, 0]), metric=metric, method=method, stderr=float(se[0, 1, 0]), samples=samples, provenance=prov
+    )
 
 
 def tensor_inner(
     a: Any,
     b: Any,
-    metric: str = "frobenius",
+    metric: TensorMetric = "frobenius",
     *,
     output: int | Sequence[int] | None = None,
-    sigma: Tensor | None = None,
-    method: str = "auto",
+    sigma: Float[Tensor, "d_in d_in"] | None = None,
+    method: TensorMethod = "auto",
     samples: int = 200_000,
     seed: int = 0,
     batch_size: int | None = None,
@@ -289,8 +315,8 @@ def tensor_similarity_matrix(
     metric: str = "frobenius",
     *,
     output: int | Sequence[int] | None = None,
-    sigma: Tensor | None = None,
-    method: str = "auto",
+    sigma: Float[Tensor, "d_in d_in"] | None = None,
+    method: TensorMethod = "auto",
     samples: int = 200_000,
     seed: int = 0,
     steps: Sequence[int] | None = None,
@@ -334,6 +360,10 @@ def tensor_similarity_matrix(
                 values.append(r[..., g])
                 errors.append(se[..., g].cpu())
     out = []
+    prov = chain_provenance(
+        chains, sigma, metric=metric, method=method, output=output, per_output=per_output, dtype=dtype,
+        **({"samples": samples, "seed": seed} if method == "monte_carlo" else {}),
+    )  # fmt: skip
     for sel, v, e in zip(selections, values, errors):
         out.append(
             TensorSimilarityMatrix(
@@ -345,6 +375,7 @@ def tensor_similarity_matrix(
                 stderr=e,
                 output=sel if sel is None or isinstance(sel, int) else [int(c) for c in sel],
                 samples=samples if method == "monte_carlo" else None,
+                provenance=prov,
             )
         )
     return out if per_output else out[0]

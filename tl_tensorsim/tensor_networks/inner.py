@@ -1,4 +1,4 @@
-"""Exact inner products of tensor networks: the layer-by-layer Gram recursion (paper note §3.1).
+"""Exact inner products of tensor networks: the layer-by-layer Gram recursion (arXiv 2605.15183, the recursive algorithm).
 
 **What is computed.** A network `TensorChain` acts on the padded input `x̃ = [1; x]` (biases are weight
 columns, paper §2.1). Each bilinear layer's outputs are quadratic forms `B̃_o` in its padded input; they are
@@ -6,7 +6,7 @@ symmetrised *locally*, `B̃_o -> (B̃_o + B̃_oᵀ)/2` (which changes no functio
 input leg of layer k by a full copy of the network below gives the coefficient tensor `T` of order `2^N + 1`
 (`2^N` padded input legs, one output leg; the constant output coordinate is dropped). The **frobenius** inner
 product is `⟨T_a, T_b⟩ = Σ T_a[c, i_1..i_{2^N}] T_b[c, j_1..j_{2^N}] Π_k G_0[i_k, j_k]` with `G_0 = blockdiag(1, Σ)`
-(`Σ = I` by default). Local symmetrisation is *not* full symmetrisation over the `2^N` legs (paper note §3.1);
+(`Σ = I` by default). Local symmetrisation is *not* full symmetrisation over the `2^N` legs (arXiv 2605.15183, the recursive algorithm);
 this is the definition implemented, and `tests/tensor_networks/brute_force.py` materialises exactly it.
 
 **How.** `G` is the `(1 + d_a) x (1 + d_b)` Gram matrix between the two networks' padded activations:
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from tl_tensorsim.checks import output_indices
 from tl_tensorsim.linalg import cosine_from_parts
-from tl_tensorsim.tensor_networks.bilinear import TensorChain
+from tl_tensorsim.models.bilinear import TensorChain
 
 
 @dataclass
