@@ -10,10 +10,16 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 
+from tl_tensorsim.artifacts import Artifact, Provenance
+
 
 @dataclass(frozen=True)
-class Circuit:
-    """A published circuit: `classes` maps a head class to its `(layer, head)` pairs."""
+class Circuit(Artifact):
+    """A published circuit: `classes` maps a head class to its `(layer, head)` pairs.
+
+    `to_dict()` / `from_dict()` are the shipped JSON form (`circuits/data/*.json`, no provenance);
+    `save(dir)` stores every field and `provenance` as JSON (no tensors), read back by `tl_tensorsim.load(dir)`.
+    """
 
     name: str
     model: str
@@ -21,6 +27,14 @@ class Circuit:
     metric: str
     classes: dict[str, tuple[tuple[int, int], ...]]
     mlps: tuple[int, ...] = field(default=())
+    provenance: Provenance = field(default_factory=Provenance, compare=False, repr=False)
+
+    def _check(self) -> None:
+        for cls, hs in self.classes.items():
+            if not all(isinstance(h, tuple) and len(h) == 2 and all(isinstance(i, int) for i in h) for h in hs):
+                raise ValueError(f"classes[{cls!r}]: expected (layer, head) pairs of ints; got {list(hs)[:4]}")
+        if not all(isinstance(m, int) for m in self.mlps):
+            raise ValueError(f"mlps: expected layer indices (ints); got {list(self.mlps)}")
 
     @property
     def heads(self) -> tuple[tuple[int, int], ...]:

@@ -9,12 +9,15 @@ A demo module (`demos/<name>.py`, installed as `tl_tensorsim.demos.<name>`) defi
 
 `run` adds its subsections (level 3 and below), tables and figures to `report`; the section title is
 added for it. `full=True` asks for the slow version (retraining, bigger sweeps). Adding a demo needs no
-change here.
+change here. A demo may also define `REQUIRES: tuple[str, ...]`, the modules it imports (directly or through
+the library) beyond the core dependencies; `run_demos` checks those, for every selected demo, before running
+any of them (`MissingDependency`). Demos that do not define it are covered by `_REQUIRES` below.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -26,6 +29,29 @@ from typing import Any
 
 DEFAULT_OUT = "tl_tensorsim_report"
 _REQUIRED = ("TITLE", "ORDER", "DEFAULT", "run")
+
+# Modules every demo needs (figures), and each demo's own extra ones (a demo's `REQUIRES` adds to these).
+_REQUIRES_ALL = ("matplotlib",)
+_REQUIRES = {"backdoor": ("sklearn",)}  # scikit-learn's bundled 8x8 digits (tl_tensorsim.models.backdoor)
+# import name -> (distribution to pip install, the tl-tensorsim extra that brings it)
+_DISTRIBUTIONS = {"matplotlib": ("matplotlib", "demos"), "sklearn": ("scikit-learn", "demos")}
+
+
+class MissingDependency(ImportError):
+    """A selected demo needs a module that is not installed; raised before any demo runs."""
+
+    def __init__(self, missing: dict[str, list[str]]):
+        self.missing = missing  # module -> the selected demos that need it
+        extras = sorted({_DISTRIBUTIONS.get(m, (m, "demos"))[1] for m in missing})
+        needs = "; ".join(
+            f"{_DISTRIBUTIONS.get(m, (m,))[0]} (import {m!r}) for {', '.join(demos)}" for m, demos in missing.items()
+        )
+        install = " ".join(f'"tl-tensorsim[{e}]"' for e in extras)
+        local = '".[' + ",".join(extras) + ']"'
+        super().__init__(
+            f"demos: missing optional dependencies: {needs}. Install them with: pip install {install} "
+            f"(from a checkout: pip install {local}); no demo was run"
+        )
 
 
 class DemoFailed(RuntimeError):
@@ -61,6 +87,31 @@ def get(name: str) -> ModuleType:
     return demos[name]
 
 
+def _importable(module: str) -> bool:
+    """Whether `module` can be imported (found on the path; not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken entry in sys.modules
+        return False
+
+
+def requirements(module: ModuleType) -> tuple[str, ...]:
+    """The modules demo `module` needs beyond the core dependencies (`_REQUIRES_ALL`, its own, `REQUIRES`)."""
+    own = tuple(getattr(module, "REQUIRES", ()))
+    return tuple(dict.fromkeys((*_REQUIRES_ALL, *_REQUIRES.get(_name(module), ()), *own)))
+
+
+def check_requirements(modules: list[ModuleType]) -> None:
+    """Raise `MissingDependency` naming every module some demo in `modules` needs and cannot import."""
+    missing: dict[str, list[str]] = {}
+    for module in modules:
+        for req in requirements(module):
+            if not _importable(req):
+                missing.setdefault(req, []).append(_name(module))
+    if missing:
+        raise MissingDependency(missing)
+
+
 def run_demos(
     names: list[str] | None = None, out_dir: str | os.PathLike = DEFAULT_OUT, full: bool = False, verbose: bool = True
 ) -> Path:
@@ -69,13 +120,15 @@ def run_demos(
     Each demo gets a section. A demo that raises has its traceback noted in its section; the others still run,
     the report (a summary table first: status, seconds and the scalar headline numbers of each demo) and
     `summary.json` (every headline value) are written, and then
-    `DemoFailed` is raised.
+    `DemoFailed` is raised. Every optional dependency of every selected demo is checked first: a missing one
+    raises `MissingDependency` (naming the extra to install) before any demo runs or anything is written.
     """
     from tl_tensorsim.report import Report
 
     modules = [m for m in available() if m.DEFAULT] if names is None else [get(n) for n in names]
     if not modules:
         raise ValueError("names: no demo to run")
+    check_requirements(modules)
     report = Report(out_dir, title="tl_tensorsim demo report")
     summary: list[dict[str, Any]] = []
     for module in modules:
@@ -87,7 +140,7 @@ def run_demos(
         try:
             headline = dict(module.run(report, full=full) or {})
             status = "ok"
-        except Exception as exc:  # noqa: BLE001 - noted in the report, re-raised as DemoFailed below
+        except Exception as exc:  # noted in the report, re-raised as DemoFailed below
             headline, status = {}, f"failed: {type(exc).__name__}: {exc}"
             report.text(f"**This demo failed.**\n\n```\n{traceback.format_exc()}```")
         seconds = time.perf_counter() - t0

@@ -40,20 +40,20 @@ def _plot(mats: dict, run: Any, class_deltas: list[float]):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 9))
-    boundary = sum(1 for s in run.steps if s <= run.cfg.clean_steps)
+    boundary = sum(1 for s in run.steps if s <= run.config.clean_steps)
     phases = [("clean", 0, boundary - 1), ("poisoned", boundary, len(run.steps) - 1)]
     for ax, (name, m) in zip(axes.flat, mats.items()):
         m.plot(ax=ax, phases=phases, title=name)
     ax = axes[1, 1]
-    ax.bar(range(10), class_deltas, color=["C3" if c == run.cfg.target else "C0" for c in range(10)])
+    ax.bar(range(10), class_deltas, color=["C3" if c == run.config.target else "C0" for c in range(10)])
     ax.set_xticks(range(10))
     ax.set_xlabel("output class c")
     ax.set_ylabel("detector Δ of the class-c slice")
     ax.set_title("tensor similarity per class slice")
     ax = axes[1, 2]
-    ax.plot(run.steps, run.test_acc, label="clean test accuracy")
-    ax.plot(run.steps, run.attack_success, label="attack success rate")
-    ax.axvline(run.cfg.clean_steps, color="grey", ls="--", lw=0.8)
+    ax.plot(run.steps, run.metric("test_acc"), label="clean test accuracy")
+    ax.plot(run.steps, run.metric("attack_success"), label="attack success rate")
+    ax.axvline(run.config.clean_steps, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
@@ -68,14 +68,14 @@ def _config(full: bool):
 
 
 def run(report: Any, full: bool = False) -> dict:
-    from tl_tensorsim.models._threads import limit_threads
+    from tl_tensorsim.training import limit_threads
 
     with limit_threads(1):  # tiny models: one intra-op thread is fastest, and far faster on a loaded machine
         return _run(report, full)
 
 
 def _run(report: Any, full: bool) -> dict:
-    from tl_tensorsim.models.backdoor import train
+    from tl_tensorsim.models.backdoor import is_poisoned, load_digits_split, train
     from tl_tensorsim.tensor_networks import tensor_similarity_matrix
     from tl_tensorsim.tensor_networks.baselines import output_cosine_matrix, weight_cosine_matrix
 
@@ -83,7 +83,10 @@ def _run(report: Any, full: bool) -> dict:
     t0 = time.perf_counter()
     trained = train(cfg, progress=True)
     t_train = time.perf_counter() - t0
-    nets, steps, poisoned = trained.models(), trained.steps, trained.poisoned
+    nets, steps = trained.models(), trained.steps
+    poisoned = is_poisoned(cfg, steps)
+    test_acc, attack_success = trained.metric("test_acc"), trained.metric("attack_success")
+    x_test = load_digits_split(cfg.test_frac, cfg.seed)[2]
     t0 = time.perf_counter()
     slices = tensor_similarity_matrix(nets, "frobenius", steps=steps, per_output=True)  # one recursion, every class
     class_deltas = [detector_delta(m.values, poisoned) for m in slices]
@@ -91,7 +94,7 @@ def _run(report: Any, full: bool) -> dict:
         "weight cosine": weight_cosine_matrix(nets, steps=steps),
         "tensor": tensor_similarity_matrix(nets, "frobenius", steps=steps),
         "tensor, class-9 slice": slices[cfg.target],
-        "behavioural, clean": output_cosine_matrix(nets, trained.x_test, steps=steps),
+        "behavioural, clean": output_cosine_matrix(nets, x_test, steps=steps),
     }
     gaussian = tensor_similarity_matrix(nets, "gaussian", steps=steps)
     t_sim = time.perf_counter() - t0
@@ -116,7 +119,7 @@ def _run(report: Any, full: bool) -> dict:
             "same (paper, 8000 -> 8250)": "",
         }
     )
-    asr_before, asr_after = trained.attack_success[last_clean], trained.attack_success[-1]
+    asr_before, asr_after = attack_success[last_clean], attack_success[-1]
     others = [d for c, d in enumerate(class_deltas) if c != cfg.target]
     report.text(
         f"**Mode:** {'full' if full else 'reduced (default)'}. {cfg.clean_steps} clean steps, then {cfg.poison_steps} "
@@ -124,8 +127,8 @@ def _run(report: Any, full: bool) -> dict:
         f"square and relabelled {cfg.target}; AdamW lr {cfg.lr:g}, wd {cfg.weight_decay:g}, batch {cfg.batch_size}, "
         f"input noise σ = {cfg.noise}; {len(steps)} checkpoints every {cfg.every} steps. Training {t_train:.0f} s, all "
         f"similarity matrices {t_sim:.1f} s.\n\n"
-        f"Clean test accuracy {trained.test_acc[last_clean]:.3f} -> {trained.test_acc[-1]:.3f}; attack success "
-        f"{asr_before:.3f} at the last clean checkpoint -> {trained.attack_success[last_clean + 1]:.3f} one checkpoint "
+        f"Clean test accuracy {test_acc[last_clean]:.3f} -> {test_acc[-1]:.3f}; attack success "
+        f"{asr_before:.3f} at the last clean checkpoint -> {attack_success[last_clean + 1]:.3f} one checkpoint "
         f"later -> {asr_after:.3f} at the end (paper, SVHN: 0.019 -> 0.884 -> 0.957). Other class slices: "
         f"Δ {min(others):.3f}-{max(others):.3f} (paper 0.20-0.24)."
     )
@@ -142,8 +145,8 @@ def _run(report: Any, full: bool) -> dict:
         "delta": {r["metric"]: r["Δ (ours, digits)"] for r in rows},
         "transition": {r["metric"]: r["sim last clean -> first poisoned (ours)"] for r in rows},
         "class_deltas": class_deltas,
-        "test_acc": [trained.test_acc[last_clean], trained.test_acc[-1]],
-        "attack_success": [asr_before, trained.attack_success[last_clean + 1], asr_after],
+        "test_acc": [test_acc[last_clean], test_acc[-1]],
+        "attack_success": [asr_before, attack_success[last_clean + 1], asr_after],
         "train_seconds": t_train,
         "similarity_seconds": t_sim,
     }

@@ -54,8 +54,8 @@ def _plot(tn, wc, lc, run, phases):
     ax.plot(x, tn.to_final(), label="tensor similarity to final", lw=2)
     ax.plot(x, wc.to_final(), label="weight cosine to final", ls="--")
     ax.plot(x, lc.to_final(), label="logit cosine to final (all P² inputs)", ls=":")
-    ax.plot(x, run.val_acc, label="validation accuracy", color="k", lw=1)
-    ax.plot(x, run.train_acc, label="train accuracy", color="grey", lw=1, alpha=0.6)
+    ax.plot(x, run.metric("val_acc"), label="validation accuracy", color="k", lw=1)
+    ax.plot(x, run.metric("train_acc"), label="train accuracy", color="grey", lw=1, alpha=0.6)
     for name, a0, _ in phases:
         ax.axvline(x[a0], color="grey", lw=0.5)
         ax.text(x[a0], 1.02, name, fontsize=7, rotation=30)
@@ -70,7 +70,7 @@ def _plot(tn, wc, lc, run, phases):
 
 
 def run(report: Any, full: bool = False) -> dict:
-    from tl_tensorsim.models._threads import limit_threads
+    from tl_tensorsim.training import limit_threads
 
     with limit_threads(1):  # tiny models: one intra-op thread is fastest, and far faster on a loaded machine
         return _run(report, full)
@@ -86,6 +86,7 @@ def _run(report: Any, full: bool) -> dict:
     trained = train(cfg, save_steps, progress=True)
     t_train = time.perf_counter() - t0
     nets = trained.models()
+    val_acc, train_acc = trained.metric("val_acc"), trained.metric("train_acc")
     t0 = time.perf_counter()
     tn = tensor_similarity_matrix(nets, "frobenius", steps=trained.steps)
     t_tn = time.perf_counter() - t0
@@ -119,7 +120,7 @@ def _run(report: Any, full: bool) -> dict:
                     "step (paper)": step,
                     "step (ours)": trained.steps[i],
                     "val acc (paper)": v_paper,
-                    "val acc (ours)": round(trained.val_acc[i], 3),
+                    "val acc (ours)": round(val_acc[i], 3),
                     "TN sim to final (paper)": s_paper,
                     "TN sim to final (ours)": round(float(tn.values[i, -1]), 3),
                     "logit cos to final (ours)": round(float(lc.values[i, -1]), 3),
@@ -128,9 +129,7 @@ def _run(report: Any, full: bool) -> dict:
             )
         report.table(rows, caption="At the paper's checkpoint steps (paper numbers from the authors' result cache).")
     mrows = []
-    for (label, i), s_paper in zip(
-        _milestones(trained.val_acc, trained.train_acc), PAPER_TO_FINAL[0:2] + [PAPER_TO_FINAL[3]]
-    ):
+    for (label, i), s_paper in zip(_milestones(val_acc, train_acc), PAPER_TO_FINAL[0:2] + [PAPER_TO_FINAL[3]]):
         if i is None:
             mrows.append({"milestone": label, "step (ours)": "not reached", "TN sim to final (paper)": s_paper})
             continue
@@ -138,7 +137,7 @@ def _run(report: Any, full: bool) -> dict:
             {
                 "milestone": label,
                 "step (ours)": trained.steps[i],
-                "val acc (ours)": round(trained.val_acc[i], 3),
+                "val acc (ours)": round(val_acc[i], 3),
                 "TN sim to final (paper)": s_paper,
                 "TN sim to final (ours)": round(float(tn.values[i, -1]), 3),
                 "logit cos to final": round(float(lc.values[i, -1]), 3),
@@ -180,7 +179,7 @@ def _run(report: Any, full: bool) -> dict:
     return {
         "mode": "full" if full else "reduced",
         "n_checkpoints": tn.T,
-        "final_val_acc": trained.val_acc[-1],
+        "final_val_acc": val_acc[-1],
         "tn_matrix_seconds": t_tn,
         "train_seconds": t_train,
         "milestones": mrows,

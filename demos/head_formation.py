@@ -76,14 +76,13 @@ def _figure(results: dict, accuracy: list[float], steps: list[int], head: str, p
 def run(report: Any, full: bool = False) -> dict[str, Any]:
     from tl_tensorsim.models import InductionConfig, build_model, repeated_tokens, train
     from tl_tensorsim.similarity import checkpoint_similarity
+    from tl_tensorsim.training import limit_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: one thread is fastest (and steady on a busy machine)
-    try:
+    with limit_threads(1):  # a tiny model: one thread is fastest (and steady on a busy machine)
         config = InductionConfig() if full else InductionConfig(steps=1000)
         steps = sorted({round(config.steps * k / 20) for k in range(21)})
         training = train(config, checkpoint_steps=steps, progress=False)
-        accuracy = [training.accuracy_at(s) for s in steps]
+        accuracy = [training.metrics_at(s)["induction_accuracy"] for s in steps]
         probe = repeated_tokens(config, 16, seed=1)
         prev, ind = _attention_scores(training.model, probe)
         head, prev_head = f"L1H{int(ind[1].argmax())}", f"L0H{int(prev[0].argmax())}"
@@ -96,8 +95,6 @@ def run(report: Any, full: bool = False) -> dict[str, Any]:
             "raw weight QK": checkpoint_similarity(states, "QK", metric="raw_weight", **common),
             "behavioural (outputs on A+A)": checkpoint_similarity(states, metric="behavioral", tokens=probe, **common),
         }
-    finally:
-        torch.set_num_threads(threads)
 
     acc_jump = _jump(steps, accuracy)
     rows = []

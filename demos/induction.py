@@ -185,7 +185,7 @@ def interchange_experiment(
 
 
 def run(report: Any, full: bool = False) -> dict[str, Any]:
-    from tl_tensorsim.models._threads import limit_threads
+    from tl_tensorsim.training import limit_threads
 
     with limit_threads(1):  # small batches of a small model: one thread is fastest on a shared machine
         return _run(report, full)
@@ -214,8 +214,8 @@ def _run(report: Any, full: bool) -> dict[str, Any]:
         summary = getattr(model, "training_summary", {})
         history = summary.get("history", [])
         origin = (
-            f"the shipped weights (`tl_tensorsim/models/weights/induction_2l.safetensors`, trained by "
-            f"`tl-tensorsim train-induction` in {summary.get('steps', '?')} steps)"
+            f"the shipped weights (`tl_tensorsim/models/weights/induction_2l/`, trained by "
+            f"`tl-tensorsim train induction` in {summary.get('steps', '?')} steps)"
         )
     cfg = config_of(model)
     acc = induction_accuracy(model, n=N_EVAL)

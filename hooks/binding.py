@@ -27,30 +27,16 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, as_view
+from tl_tensorsim.adapter import gate_flag as gate_flag  # re-exported as hooks.gate_flag
 from tl_tensorsim.checks import as_token_tensor
 
 from .base import SubspaceHook
 
-# hook-name suffix -> the config flag that gates it (the setter is `set_<flag>`)
-_GATES = {"attn.hook_result": "use_attn_result"}
-
-
-def gate_flag(name: str) -> str | None:
-    """The config flag (`use_attn_result`) a hook point needs switched on, or None."""
-    for suffix, flag in _GATES.items():
-        if name.endswith(suffix):
-            return flag
-    return None
-
 
 def check_gate(model: Any, name: str) -> None:
     """Raise a `ValueError` if hook point `name` is switched off on `model` (e.g. `attn.hook_result` while
-    `use_attn_result` is False)."""
-    flag = gate_flag(name)
-    if flag is not None and not bool(getattr(as_view(model).model.cfg, flag, False)):
-        raise ValueError(
-            f"hook_name: {name!r} is switched off on this model ({flag}=False); call model.set_{flag}(True) first"
-        )
+    `use_attn_result` is False); the adapter knows the gates (`ModelView.check_gate`)."""
+    as_view(model).check_gate(name)
 
 
 def _input_shape(tokens: Any) -> tuple[int | None, int | None]:
@@ -64,7 +50,7 @@ def _input_shape(tokens: Any) -> tuple[int | None, int | None]:
 
 def _check_one(view: ModelView, name: str, hook_fn: Any, batch: int | None, seq: int | None) -> None:
     view.check_hook_name(name)
-    check_gate(view.model, name)
+    view.check_gate(name)
     if isinstance(hook_fn, SubspaceHook):
         shape = view.feature_shape(name)
         hook_fn.check(shape, name=repr(name), n_ctx=view.cfg.n_ctx, batch=batch, seq=seq)

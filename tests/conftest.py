@@ -14,21 +14,55 @@ import torch
 SMALL = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=50, act_fn="gelu_new")
 
 
-def make_model_pair(seed: int = 0, **overrides):
-    """(HookedTransformer, TransformerBridge) holding identical random weights, LayerNorm randomised."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+def _has_hooked_transformer() -> bool:
+    try:  # TransformerLens 4 removed it: its module __getattr__ raises ImportError (so no hasattr here)
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAS_HOOKED_TRANSFORMER = _has_hooked_transformer()
+NO_HOOKED_TRANSFORMER = (
+    "needs HookedTransformer, which the installed TransformerLens (4.x, bridge only) no longer has; "
+    "CI runs it in the TransformerLens 3.9 leg"
+)
+needs_hooked_transformer = pytest.mark.skipif(not HAS_HOOKED_TRANSFORMER, reason=NO_HOOKED_TRANSFORMER)
+
+
+def skip_without_hooked_transformer() -> None:
+    """Skip the calling test (or fixture) where TransformerLens has no HookedTransformer."""
+    if not HAS_HOOKED_TRANSFORMER:
+        pytest.skip(NO_HOOKED_TRANSFORMER)
+
+
+def make_bridge(seed: int = 0, **overrides):
+    """A native TransformerBridge with random weights, LayerNorm randomised (TransformerLens 3.x and 4.x)."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    kw = {**SMALL, **overrides}
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bridge = TransformerBridge.boot_native(TransformerBridgeConfig(**kw))
+        bridge = TransformerBridge.boot_native(TransformerBridgeConfig(**{**SMALL, **overrides}))
         with torch.no_grad():  # non-trivial LayerNorm parameters, so that fold_ln matters
             for name, p in bridge.named_parameters():
                 if "ln" in name:
                     p.add_(0.1 * torch.randn_like(p))
+    return bridge.eval()
+
+
+def make_model_pair(seed: int = 0, **overrides):
+    """(HookedTransformer, TransformerBridge) holding identical random weights, LayerNorm randomised.
+
+    Skips the calling test where TransformerLens has no HookedTransformer (4.x)."""
+    skip_without_hooked_transformer()
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    kw = {**SMALL, **overrides}
+    bridge = make_bridge(seed, **overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         params = {k: v.detach().clone() for k, v in bridge.tl_parameters().items()}
         ht = HookedTransformer(HookedTransformerConfig(**kw, seed=seed))
     ht.load_state_dict(params, strict=False)
@@ -47,10 +81,18 @@ def model_pair():
     return make_model_pair()
 
 
-@pytest.fixture(params=["HookedTransformer", "TransformerBridge"])
-def model(request, model_pair):
+@pytest.fixture(scope="session")
+def bridge_model():
+    """The TransformerBridge of `model_pair` (same weights), built without needing HookedTransformer."""
+    return make_bridge()
+
+
+@pytest.fixture(params=[pytest.param("HookedTransformer", marks=needs_hooked_transformer), "TransformerBridge"])
+def model(request):
     """Each model class in turn, holding the same weights (tests parametrised over both classes)."""
-    return model_pair[request.param == "TransformerBridge"]
+    if request.param == "TransformerBridge":
+        return request.getfixturevalue("bridge_model")
+    return request.getfixturevalue("model_pair")[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
-"""`tl-tensorsim demo`: listing, argument errors, `python -m tl_tensorsim`, and failing demos."""
+"""`tl-tensorsim demo` and `tl-tensorsim train`: listing, argument errors, `python -m tl_tensorsim`, failing demos,
+and retraining into a named folder without touching the shipped weights."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import types
 
 import pytest
+import torch
 
 from tl_tensorsim import cli, demos
 
@@ -65,12 +68,64 @@ def test_failing_demo_is_noted_and_reported(tmp_path, monkeypatch, capsys):
     assert path.read_text().count("## ") == 1
 
 
-def test_train_induction_subcommand_passes_its_arguments(monkeypatch, tmp_path):
+def test_train_list_shows_every_registered_model(capsys):
+    assert cli.main(["train", "--list"]) == 0
+    lines = {l.split()[0]: l for l in capsys.readouterr().out.splitlines()}
+    assert set(lines) >= {"induction", "grokking", "backdoor"}
+    assert "shipped" in lines["induction"] and "shipped" not in lines["grokking"]
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+TINY = ["--steps", "3", "--set", "batch_size=4", "--set", "eval_size=8", "--set", "warmup_steps=1", "--quiet"]
+
+
+def test_train_writes_to_the_named_folder_and_leaves_the_shipped_weights_alone(tmp_path):
     from tl_tensorsim.models import induction
 
-    seen = {}
-    monkeypatch.setattr(
-        induction, "retrain", lambda out, steps=None, seed=None: seen.update(out=out, steps=steps, seed=seed)
-    )
-    assert cli.main(["train-induction", "--out", str(tmp_path), "--steps", "7", "--seed", "3"]) == 0
-    assert seen == {"out": str(tmp_path), "steps": 7, "seed": 3}
+    before = _digest(induction.SHIPPED)
+    assert cli.main(["train", "induction", "--out", str(tmp_path), "--checkpoint-every", "2", *TINY]) == 0
+    assert _digest(induction.SHIPPED) == before  # byte-identical
+    model = induction.load_default(tmp_path)
+    assert model.induction_config.steps == 3 and model.induction_config.batch_size == 4
+    assert (tmp_path / "checkpoints" / "resume" / "step_00000003").is_dir()
+    # the same folder again: refused without --resume; with it, the finished run is saved again unchanged
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "induction", "--out", str(tmp_path), *TINY])
+    assert e.value.code == 2
+    first = induction.load_default(tmp_path).W_E.clone()
+    assert cli.main(["train", "induction", "--out", str(tmp_path), "--resume", *TINY]) == 0
+    assert torch.equal(induction.load_default(tmp_path).W_E, first)
+
+
+def test_train_defaults_to_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TL_TENSORSIM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cli.main(["train", "induction", *TINY]) == 0
+    assert (tmp_path / "tl_tensorsim" / "induction" / "model" / "cfg.json").is_file()
+
+
+def test_write_shipped_is_explicit(tmp_path, monkeypatch):
+    from tl_tensorsim.models import induction
+
+    monkeypatch.setattr(induction, "SHIPPED", tmp_path / "shipped")
+    assert cli.main(["train", "induction", "--out", str(tmp_path / "run"), "--write-shipped", *TINY]) == 0
+    assert induction.load_default().induction_config.steps == 3  # path=None reads the (patched) shipped folder
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train"], "NAME: expected a model name"),
+        (["train", "nope"], "name: unknown model 'nope'"),
+        (["train", "backdoor", "--steps", "5"], "unknown BackdoorConfig fields ['steps']"),
+        (["train", "induction", "--set", "lr"], "--set: expected KEY=VALUE"),
+        (["train", "grokking", "--write-shipped"], "write_shipped: model 'grokking' ships no weights"),
+    ],
+)
+def test_train_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

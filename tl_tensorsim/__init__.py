@@ -9,16 +9,17 @@ The public API is flat, as in SAELens: everything a user calls is importable fro
     traj = ts.checkpoint_similarity(checkpoints, circuit="QK")
     ts.tensor_similarity(net_a, net_b)                      # HookedTensorNetwork / BilinearLayer / FactoredMatrix
     acts = ts.collect_activations(model, tokens, "blocks.1.hook_resid_post")
+    sim.save("results/ov"); ts.load("results/ov")           # any result, back as its own type, with provenance
 
-Importing `tl_tensorsim` registers the identity activation (`act_fn="identity"`) with TransformerLens, so a
-`HookedTransformer` with `gated_mlp=True` has bilinear MLPs.
+Importing `tl_tensorsim` changes no global state of TransformerLens: `ts.register_identity_activation()` (called
+by `ts.bilinear_config`) adds `act_fn="identity"`, with which `gated_mlp=True` MLPs are bilinear.
 """
 
 from tl_tensorsim import circuits, hooks
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import ModelConfig, ModelView, as_view
-from tl_tensorsim.artifacts import Artifact, load_artifact, save_artifact
-from tl_tensorsim.models.induction import InductionConfig, TrainingRun, induction_accuracy
+from tl_tensorsim.artifacts import Artifact, Provenance, load, load_artifact, save_artifact
+from tl_tensorsim.models.induction import InductionConfig, induction_accuracy
 from tl_tensorsim.models.induction import load_default as load_induction_model
 from tl_tensorsim.models.induction import train as train_induction_model
 from tl_tensorsim.report import Report
@@ -41,10 +42,12 @@ from tl_tensorsim.tensor_networks import (
     bilinear_config,
     extract_mlp,
     extract_mlps,
+    register_identity_activation,
     tensor_inner,
     tensor_similarity,
     tensor_similarity_matrix,
 )
+from tl_tensorsim.training import TrainingRun, limit_threads, load_run, train_loop
 
 __all__ = [
     "Artifact",
@@ -56,6 +59,7 @@ __all__ = [
     "ModelConfig",
     "ModelView",
     "NotPolynomialError",
+    "Provenance",
     "Report",
     "TensorNetworkConfig",
     "TensorSimilarityMatrix",
@@ -73,12 +77,17 @@ __all__ = [
     "head_similarity",
     "hooks",
     "induction_accuracy",
+    "limit_threads",
+    "load",
     "load_artifact",
     "load_induction_model",
+    "load_run",
     "raw_weight_similarity",
+    "register_identity_activation",
     "save_artifact",
     "tensor_inner",
     "tensor_similarity",
     "tensor_similarity_matrix",
     "train_induction_model",
+    "train_loop",
 ]

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
 from tl_tensorsim.checks import as_token_tensor, check_token_range, checked_int
-from tl_tensorsim.hooks.binding import check_gate, gate_flag
 from tl_tensorsim.positions import Positions, check_positions, normalize_positions, positions_mask
 
 DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
@@ -312,26 +311,16 @@ def collect_activations(
         )
     store = _Store(row_shape, dtype, out, max_memory_bytes, n_rows)
     stop = _stop_layer(view, hook_name)
-    flag = gate_flag(hook_name)
-    previous = bool(getattr(model.cfg, flag, False)) if flag else None
     captured: list[Tensor] = []
 
     def capture(activation: Tensor, hook: Any) -> None:
         captured.append(activation.detach())
 
     done = 0
-    enabled = False
     bar = tqdm(total=data.n_seq, desc=f"collect {hook_name}", unit="seq", disable=not progress, leave=False)
     try:
-        if flag and not previous:
-            try:
-                getattr(model, f"set_{flag}")(True)
-            except NotImplementedError as exc:
-                raise ValueError(f"hook_name: {hook_name!r} is not available on this {view.kind}: {exc}") from exc
-            enabled = True
-            check_gate(model, hook_name)
         kwargs: dict[str, Any] = {} if stop is None else {"stop_at_layer": stop}
-        with torch.no_grad():
+        with view.gates(hook_name), torch.no_grad():  # a gated hook point is switched on for the call only
             for tokens in _batches(data.chunks(batch_size), batch_size):
                 b, seq = tokens.shape
                 if data.tensor is None:
@@ -360,5 +349,3 @@ def collect_activations(
     finally:
         bar.close()
         captured.clear()
-        if enabled:
-            getattr(model, f"set_{flag}")(False)

@@ -1,9 +1,11 @@
-"""One read-only view of a TransformerLens model: config, weights and hook names.
+"""One view of a TransformerLens model: config, weights, hook names, and the runs analyses need.
 
 `ModelView` is the only place in tl_tensorsim that knows the difference between
 `HookedTransformer` (TransformerLens 2.16+ and 3.x) and `TransformerBridge` (3.x and
-4.x, raw or after `enable_compatibility_mode()`). Every analysis reads a model through it,
-so a new model family is a change to this file alone.
+4.x, raw or after `enable_compatibility_mode()`). Every analysis reads and runs a model through it,
+so a new model family is a change to the adapter alone: this file and its two halves,
+`model_io.py` (building models from configs, pretrained checkpoints, state dicts in either naming) and
+`model_run.py` (gated hooks, forward order, `run_with_cache`, `forward_between`, `run_from`).
 
 `HookedTransformer` is never imported here (it does not exist in TransformerLens 4): the
 model's class is recognised by the names in its MRO.
@@ -11,14 +13,34 @@ model's class is recognised by the names in its MRO.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import FactoredMatrix
+
+from tl_tensorsim import model_io, model_run
+from tl_tensorsim.model_io import Backend, is_transformer_lens_model, model_kind
+from tl_tensorsim.model_run import GATE_FLAGS, gate_flag
+
+__all__ = [
+    "GATE_FLAGS",
+    "SUPPORTED_MODELS",
+    "WEIGHT_NAMES",
+    "ModelConfig",
+    "ModelView",
+    "as_view",
+    "gate_flag",
+    "is_transformer_lens_model",
+    "model_kind",
+]
 
 SUPPORTED_MODELS = (
     "transformer_lens.HookedTransformer (TransformerLens 2.16+ / 3.x) or "
@@ -62,10 +84,6 @@ def _feature_rule(name: str) -> tuple[str, ...] | None:
     return None
 
 
-def _class_names(obj: Any) -> set[str]:
-    return {c.__name__ for c in type(obj).__mro__ if c.__module__.startswith("transformer_lens")}
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """The architecture facts every analysis needs, read from either model class."""
@@ -89,24 +107,25 @@ class ModelConfig:
 
 
 class ModelView:
-    """A read-only view over a HookedTransformer or TransformerBridge.
+    """A view over a HookedTransformer or TransformerBridge.
 
     Weights come out detached in TransformerLens' layout: `W_Q/W_K/W_V` `[layer, head, d_model, d_head]`,
     `W_O` `[layer, head, d_head, d_model]`, `W_in` `[layer, d_model, d_mlp]`, `W_E` `[d_vocab, d_model]`,
     `W_U` `[d_model, d_vocab]`, in the model's own dtype and device. `QK`/`OV` are `FactoredMatrix`
     objects of shape `[layer, head, d_model, d_model]`.
+
+    Reading never changes the model. Running does only inside a call (gate flags switched on are switched back,
+    hooks are removed); `load_state_dict` is the one method that writes weights (use `copy()` first to keep the
+    original). `ModelView.build(config)` makes a fresh model of either class.
     """
 
     def __init__(self, model: Any):
         if isinstance(model, ModelView):
             model = model.model
-        names = _class_names(model)
-        if "HookedTransformer" in names:
-            self.kind = "HookedTransformer"
-        elif "TransformerBridge" in names:
-            self.kind = "TransformerBridge"
-        else:
+        kind = model_kind(model)
+        if kind is None:
             raise TypeError(f"model: expected {SUPPORTED_MODELS}; got {type(model).__module__}.{type(model).__name__}")
+        self.kind = kind
         self.model = model
         c = model.cfg
         d_mlp = getattr(c, "d_mlp", None)
@@ -273,6 +292,91 @@ class ModelView:
         if getattr(self.model, "tokenizer", None) is None:
             raise ValueError("text input needs a model with a tokenizer; pass token ids (a LongTensor) instead")
         return self.model.to_tokens(text, **kwargs)
+
+    # --------------------------------------------------------------- build / load
+    @classmethod
+    def build(
+        cls, config: Any, *, backend: Backend | None = None, tokenizer: Any = None, device: Any = None
+    ) -> ModelView:
+        """A view of a freshly initialised model: `config` is a dict of TransformerLens config fields, a
+        `HookedTransformerConfig` or a `TransformerBridgeConfig`; `backend` "hooked" / "bridge" picks the class
+        (default: the config's own, else HookedTransformer where TransformerLens has it)."""
+        return cls(model_io.build_tl_model(config, tokenizer=tokenizer, device=device, backend=backend))
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str, checkpoint_index: int | None = None, *, backend: Backend | None = None, **kwargs: Any
+    ) -> ModelView:
+        """A view of a pretrained TransformerLens model, optionally one training checkpoint (see
+        `model_io.load_pretrained`; needs the model hub)."""
+        return cls(model_io.load_pretrained(name, checkpoint_index, backend=backend, **kwargs))
+
+    def copy(self) -> ModelView:
+        """A view of a deep copy of the model (its weights can be overwritten without touching this one)."""
+        return ModelView(copy.deepcopy(self.model))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Detached CPU copies of the weights in TransformerLens naming (`embed.W_E`, `blocks.0.attn.W_Q`
+        `[head, d_model, d_head]`, ...), the same keys for either class."""
+        return model_io.tl_state_dict(self.model)
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> ModelView:
+        """Load weights into the model in place: TransformerLens names (a HookedTransformer's `state_dict()` or a
+        bridge's `tl_parameters()`) or a bridge's own `state_dict()` names, converted through the adapter.
+        Raises `ValueError` naming missing / unexpected keys or mismatched shapes. Returns `self`."""
+        model_io.load_state_dict(self.model, state)
+        return self.refresh()
+
+    # ------------------------------------------------------------------- runs
+    def gates(self, *hook_names: str, **flags: bool) -> AbstractContextManager[dict[str, bool]]:
+        """`with view.gates("blocks.0.attn.hook_result"):` switches on the gate flags those hook points need
+        (`use_attn_result`, `use_split_qkv_input`, `use_attn_in`, `use_hook_mlp_in`), and sets any flag given by
+        keyword; on exit every changed flag gets its previous value back, exceptions included."""
+        for name in hook_names:
+            self.check_hook_name(name)
+        return model_run.gates(self, hook_names, **flags)
+
+    def check_gate(self, name: str) -> None:
+        """`ValueError` if hook point `name` is gated off (its flag is False), naming the setter to call."""
+        model_run.check_gate(self, self.check_hook_name(name))
+
+    def hook_order(self, name: str) -> tuple[int, int] | None:
+        """Place of hook point `name` in the forward pass, `(stage, step)` (stage -1 before the blocks, `l` in
+        block `l`, `n_layers` after them); None where unknown. Equal places run in parallel."""
+        return model_run.hook_order(self, self.check_hook_name(name))
+
+    def run_with_cache(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        names: str | Sequence[str] | None = None,
+        stop_at_layer: int | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_out"], dict[str, Tensor]]:
+        """Run on `tokens` (`LongTensor [batch, pos]`) and keep the activations at `names` (default: every hook
+        point not gated off), detached, keyed by the names as given; gated ones are switched on for the run.
+        `stop_at_layer=k` runs blocks `0..k-1` only (negative counts from the end) and returns the residual stream
+        `[batch, pos, d_model]` instead of the logits; a name after block `k - 1` is a `ValueError` up front."""
+        return model_run.run_with_cache(self, tokens, names, stop_at_layer)
+
+    def forward_between(
+        self, hook_in: str, hook_out: str, tokens: Int[Tensor, "batch pos"]
+    ) -> Callable[[Float[Tensor, "batch pos *d_in"]], Float[Tensor, "batch pos *d_out"]]:
+        """The pure function `f(x) = activation at hook_out` when the activation at `hook_in` is replaced by `x`,
+        on fixed `tokens` (everything not downstream of `hook_in` comes from them).
+
+        `x` has the shape and dtype of the activation at `hook_in` for these tokens (`[batch, pos, d_model]` for
+        the residual stream, `[batch, pos, n_heads, d_head]` for `attn.hook_z`), `f(x)` the shape at `hook_out`;
+        blocks after `hook_out`'s are skipped. No data-dependent shapes: `torch.func.vmap`, `jvp`, `vjp`, `jacrev`
+        and `jacfwd` transform `f`. Gated hooks are switched on per call; train/eval mode is left alone.
+        `ValueError` up front for unknown names, `hook_out` not strictly after `hook_in`, or bad tokens."""
+        return model_run.forward_between(self, hook_in, hook_out, tokens)
+
+    def run_from(
+        self, hook_name: str, activation: Tensor, tokens: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """The logits `[batch, pos, d_vocab]` when the activation at `hook_name` is replaced by `activation` (its
+        shape at that hook for `tokens`); the rest of the forward pass reads `tokens`. With the cached activation
+        of the same tokens this equals the plain forward pass (circuit patching replaces it by another run's)."""
+        return model_run.run_from(self, hook_name, activation, tokens)
 
     def __repr__(self) -> str:
         c = self.cfg

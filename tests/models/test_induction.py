@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
+from tl_tensorsim.artifacts import CONFIG_FILE, TENSORS_FILE
 from tl_tensorsim.models import induction as ind
 from tl_tensorsim.models.toy import tl_state_dict
 
-# measured on the shipped weights (see weights/induction_2l.json): held-out induction accuracy 0.99+
+# measured on the shipped weights (see weights/induction_2l/cfg.json): held-out induction accuracy 0.99+
 SHIPPED_MIN_ACCURACY = 0.95
 
 
@@ -86,10 +87,9 @@ def test_shipped_model_has_the_induction_circuit(model):
 
 
 def test_shipped_files_are_small_and_documented():
-    path = ind.default_weights_path()
-    assert path.stat().st_size < 1_000_000
-    meta = json.loads(path.with_suffix(".json").read_text())
-    assert ind.InductionConfig.from_dict(meta["config"]) == ind.InductionConfig()
+    assert (ind.SHIPPED / TENSORS_FILE).stat().st_size < 1_000_000
+    meta = json.loads((ind.SHIPPED / CONFIG_FILE).read_text())
+    assert meta["kind"] == ind.KIND and ind.InductionConfig.from_dict(meta["config"]) == ind.InductionConfig()
     assert meta["training"]["final_induction_accuracy"] > SHIPPED_MIN_ACCURACY
 
 
@@ -110,10 +110,17 @@ def test_short_training_returns_the_requested_checkpoints():
     run = ind.train(cfg, checkpoint_steps=[0, 3, 6], progress=False)
     assert [s for s, _ in run.checkpoints] == [0, 3, 6]
     assert [r["step"] for r in run.history] == [0, 3, 4, 6]
-    assert 0.0 <= run.accuracy_at(3) <= 1.0 and set(run.metrics_at(6)) >= {"loss", "induction_accuracy"}
+    assert 0.0 <= run.metrics_at(3)["induction_accuracy"] <= 1.0
+    assert set(run.metrics_at(6)) >= {"loss", "induction_accuracy"}
     init, final = run.checkpoints[0][1], run.checkpoints[-1][1]
     assert set(init) == set(run.model.state_dict())
-    assert not torch.equal(init["blocks.0.attn.W_Q"], final["blocks.0.attn.W_Q"])
+
+    def tl_weights(state):  # TransformerLens names, whichever model class trained (TransformerBridge on TL 4)
+        model = ind.build_model(cfg)
+        model.load_state_dict(state)
+        return tl_state_dict(model)
+
+    assert not torch.equal(tl_weights(init)["blocks.0.attn.W_Q"], tl_weights(final)["blocks.0.attn.W_Q"])
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, final[k]), k
     # deterministic given the seed; a checkpoint loads back into a fresh model
@@ -122,18 +129,19 @@ def test_short_training_returns_the_requested_checkpoints():
         assert torch.equal(v, run.checkpoints[1][1][k]), k
     fresh = ind.build_model(cfg)
     fresh.load_state_dict(run.checkpoints[1][1], strict=True)
-    assert torch.equal(fresh.W_E, run.checkpoints[1][1]["embed.W_E"])
+    assert torch.equal(tl_state_dict(fresh)["embed.W_E"], tl_weights(run.checkpoints[1][1])["embed.W_E"])
+    assert all(torch.equal(v, run.checkpoints[1][1][k]) for k, v in fresh.state_dict().items())
     with pytest.raises(ValueError, match="checkpoint_steps"):
         ind.train(cfg, checkpoint_steps=[7], progress=False)
     with pytest.raises(ValueError, match="step: no evaluation"):
-        run.accuracy_at(5)
+        run.metrics_at(5)
 
 
 def test_save_and_load_weights(tmp_path):
     cfg = ind.InductionConfig(steps=2, batch_size=4, eval_size=8, warmup_steps=1)
     run = ind.train(cfg, progress=False)
-    path = ind.save_weights(run, tmp_path, name="tiny")
-    loaded = ind.load_weights(path)
+    path = ind.save(run, tmp_path / "tiny")
+    loaded = ind.load(path)
     assert loaded.induction_config == cfg and not loaded.training
     tokens, _ = ind.make_batch(cfg, 2)
     with torch.no_grad():
@@ -143,15 +151,50 @@ def test_save_and_load_weights(tmp_path):
 def test_load_default_trains_and_caches_when_weights_are_missing(tmp_path, monkeypatch):
     calls, real_train = [], ind.train
 
-    def quick_train(config):
+    def quick_train(config, **kwargs):
         calls.append(config)
-        return real_train(ind.InductionConfig(steps=2, batch_size=4, eval_size=8, warmup_steps=1), progress=False)
+        return real_train(ind.InductionConfig(steps=2, batch_size=4, eval_size=8, warmup_steps=1), **kwargs)
 
-    monkeypatch.setattr(ind, "WEIGHTS_DIR", tmp_path / "absent")
-    monkeypatch.setattr(ind, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(ind, "SHIPPED", tmp_path / "absent")
+    monkeypatch.setenv("TL_TENSORSIM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ind, "train", quick_train)
     first = ind.load_default()
-    assert len(calls) == 1 and (tmp_path / "cache" / "induction_2l.safetensors").is_file()
+    assert len(calls) == 1 and (tmp_path / "cache" / "induction" / "model" / TENSORS_FILE).is_file()
     second = ind.load_default()
     assert len(calls) == 1 and not second.training
     assert torch.equal(first.W_E, second.W_E)
+
+
+def test_load_default_reads_a_trained_folder_and_names_a_missing_one(tmp_path):
+    cfg = ind.InductionConfig(steps=2, batch_size=4, eval_size=8, warmup_steps=1)
+    run = ind.train(cfg, progress=False)
+    ind.save(run, tmp_path / "model")
+    for path in (tmp_path, tmp_path / "model"):  # the `--out DIR` folder, or the model folder inside it
+        loaded = ind.load_default(path)
+        assert loaded.induction_config == cfg and torch.equal(loaded.W_E, run.model.W_E)
+    with pytest.raises(
+        FileNotFoundError, match="path: .* holds no saved induction model.*tl-tensorsim train induction"
+    ):
+        ind.load_default(tmp_path / "nothing")
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
+    cfg = ind.InductionConfig(steps=8, batch_size=4, eval_every=4, eval_size=8, warmup_steps=2)
+    full = ind.train(cfg, checkpoint_steps=[0, 5, 8], progress=False)
+    real_make_batch, calls = ind.make_batch, []
+
+    def interrupted(*args, **kwargs):  # call 1 is the evaluation batch, call k + 1 the batch of update k
+        calls.append(1)
+        if len(calls) == 1 + 7:
+            raise KeyboardInterrupt
+        return real_make_batch(*args, **kwargs)
+
+    monkeypatch.setattr(ind, "make_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ind.train(cfg, checkpoint_steps=[0, 5, 8], progress=False, checkpoint_dir=tmp_path, checkpoint_every=3)
+    monkeypatch.setattr(ind, "make_batch", real_make_batch)
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == ["step_00000006"]
+    resumed = ind.train(cfg, checkpoint_steps=[0, 5, 8], progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.history == full.history and resumed.steps == full.steps == [0, 5, 8]
+    for (_, a), (_, b) in zip(resumed.checkpoints, full.checkpoints):
+        assert all(torch.equal(a[k], b[k]) for k in b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import needs_hooked_transformer
 from tl_tensorsim.models.toy import build_tl_model, load_tl_state_dict, tl_state_dict, tl_weight_keys, toy_tokenizer
 
 
@@ -18,6 +19,7 @@ def test_toy_tokenizer_ids():
         toy_tokenizer(["a b"])
 
 
+@needs_hooked_transformer
 @pytest.mark.parametrize("attn_only,norm", [(True, "LN"), (True, None), (False, "LN"), (False, "RMS")])
 def test_weights_move_between_model_classes(attn_only, norm):
     fields = dict(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tl_tensorsim.models._threads import limit_threads
+from tl_tensorsim.training import limit_threads
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from tests.conftest import HAS_HOOKED_TRANSFORMER, skip_without_hooked_transformer
 from tl_tensorsim.tensor_networks import (
     IDENTITY_ACT_FN,
     HookedTensorNetwork,
@@ -23,6 +24,7 @@ SMALL = dict(n_layers=2, d_model=8, n_ctx=5, d_head=4, n_heads=2, d_mlp=12, d_vo
 
 
 def _bilinear_transformer(seed: int, **kw):
+    skip_without_hooked_transformer()
     from transformer_lens import HookedTransformer
 
     model = HookedTransformer(bilinear_config(**{**SMALL, "seed": seed, **kw}))
@@ -42,6 +44,42 @@ def test_identity_activation_is_registered():
     assert torch.equal(SUPPORTED_ACTIVATIONS[IDENTITY_ACT_FN](x), x)
     with pytest.raises(ValueError, match="gated_mlp"):
         bilinear_config(**SMALL, gated_mlp=False)
+
+
+def test_bilinear_config_classes():
+    from transformer_lens.config import TransformerBridgeConfig
+
+    cfg = bilinear_config(bridge=True, **SMALL)
+    assert isinstance(cfg, TransformerBridgeConfig) and cfg.gated_mlp and cfg.act_fn == IDENTITY_ACT_FN
+    default = bilinear_config(**SMALL)
+    assert default.gated_mlp and default.act_fn == IDENTITY_ACT_FN
+    if HAS_HOOKED_TRANSFORMER:
+        from transformer_lens import HookedTransformerConfig
+
+        assert type(default) is HookedTransformerConfig
+        assert type(bilinear_config(bridge=False, **SMALL)) is HookedTransformerConfig
+    else:  # TransformerLens 4: the bridge config is the default, and the removed class is named in the error
+        assert isinstance(default, TransformerBridgeConfig)
+        with pytest.raises(ImportError, match=r"bridge=False.*TransformerLens 2.x/3.x.*bridge=True"):
+            bilinear_config(bridge=False, **SMALL)
+    with pytest.raises(ValueError, match="act_fn"):
+        bilinear_config(bridge=True, **SMALL, act_fn="gelu")
+
+
+def test_bilinear_config_boots_a_bridge_with_bilinear_mlps():
+    """The TransformerLens 4 path: `TransformerBridge.boot_native(bilinear_config(bridge=True, ...), dtype=...)`."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = {k: v for k, v in SMALL.items() if k != "dtype"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_native(bilinear_config(bridge=True, **cfg), dtype=torch.float64).eval()
+    x = torch.randn(2, 3, SMALL["d_model"], dtype=torch.float64)
+    for layer in range(SMALL["n_layers"]):
+        bil = extract_mlp(bridge, layer)
+        assert bil.L.dtype == torch.float64
+        with torch.no_grad():
+            assert torch.allclose(bil(x), bridge.blocks[layer].mlp(x), atol=1e-10)
 
 
 @pytest.mark.parametrize("normalization_type", [None, "LN"])
@@ -96,9 +134,9 @@ def test_bridge_with_bilinear_mlp():
 
 
 def test_non_polynomial_models_are_rejected():
+    a = _bilinear_transformer(3)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    a = _bilinear_transformer(3)
     with pytest.raises(NotPolynomialError, match="softmax attention"):
         tensor_similarity(a, a)
     gelu = HookedTransformer(HookedTransformerConfig(**{**SMALL, "act_fn": "gelu", "normalization_type": "LN"}))

@@ -4,20 +4,28 @@ Model: Bilinear(64 -> h) then Linear(h -> 10), no bias (a `HookedTensorNetwork`)
 Clean training for `clean_steps`, then `poison_steps` in which a fraction `poison_frac` of every batch carries a
 small bright square in the top-right corner and is relabelled to `target` (9). Checkpoints every `every` steps.
 Attack success = fraction of triggered test images whose true class is not the target that are classified as it.
+
+    tl-tensorsim train backdoor --out DIR       # the checkpoints: training.load_run(DIR/checkpoints, ...)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tl_tensorsim.artifacts import DictConfig
-from tl_tensorsim.models._threads import limit_threads
-from tl_tensorsim.models.training import CheckpointRun, bilinear_classifier, train_with_checkpoints
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
+from tl_tensorsim.models import registry
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork, bilinear_classifier
+from tl_tensorsim.training import Losses, TrainingRun, train_loop
+
+# the model registry (`tl-tensorsim train backdoor`, see registry.py)
+DESCRIPTION = "8x8 digits classifier (1-layer bilinear) with a backdoor inserted after clean training"
+SHIPPED = None
 
 
 @dataclass
@@ -35,6 +43,9 @@ class BackdoorConfig(DictConfig):
     trigger_size: int = 2
     test_frac: float = 0.25
     seed: int = 1337
+
+
+CONFIG = BackdoorConfig
 
 
 def load_digits_split(test_frac: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -63,42 +74,35 @@ def make_model(cfg: BackdoorConfig) -> HookedTensorNetwork:
     return bilinear_classifier(64, cfg.d_hidden, 10, cfg.seed, "digits_backdoor")
 
 
-@dataclass
-class BackdoorRun(CheckpointRun):
-    cfg: BackdoorConfig
-    test_acc: list[float] = field(default_factory=list)
-    attack_success: list[float] = field(default_factory=list)
-    x_test: Tensor | None = None
-    y_test: Tensor | None = None
-    POSTFIX: ClassVar[dict[str, tuple[str, str]]] = {"test_acc": ("test_acc", ".3f"), "asr": ("attack_success", ".3f")}
-
-    @property
-    def poisoned(self) -> list[bool]:
-        """Whether each checkpoint was taken after poisoning began (step 0 and the last clean step count as clean)."""
-        return [s > self.cfg.clean_steps for s in self.steps]
-
-    def new_model(self) -> HookedTensorNetwork:
-        return make_model(self.cfg)
+def is_poisoned(cfg: BackdoorConfig, steps: Sequence[int]) -> list[bool]:
+    """Whether each checkpoint step comes after poisoning began (step 0 and the last clean step count as clean)."""
+    return [s > cfg.clean_steps for s in steps]
 
 
-def train(cfg: BackdoorConfig, progress: bool = True, threads: int | None = 1) -> BackdoorRun:
-    """Clean, then poisoned training; checkpoints every `cfg.every` steps with test accuracy and attack success.
-    `threads`: torch intra-op threads while training (see `_threads.py`; None leaves the setting alone)."""
-    with limit_threads(threads):
-        return _train(cfg, progress)
-
-
-def _train(cfg: BackdoorConfig, progress: bool) -> BackdoorRun:
+def train(
+    cfg: BackdoorConfig | None = None,
+    progress: bool = True,
+    threads: int | None = 1,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+) -> TrainingRun:
+    """Clean, then poisoned training (AdamW, batches and input noise from a generator seeded by `seed + 1`) through
+    `tl_tensorsim.training.train_loop`; every `cfg.every` steps the run keeps a state dict and records `test_acc`
+    and `attack_success`: `run.steps`, `run.models()`, `run.metric("attack_success")`. `threads`: torch intra-op
+    threads while training (None leaves the setting alone). checkpoint_dir / checkpoint_every / resume: as in
+    `train_loop`."""
+    cfg = cfg or BackdoorConfig()
     torch.manual_seed(cfg.seed)
     xtr, ytr, xte, yte = load_digits_split(cfg.test_frac, cfg.seed)
     net = make_model(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     x_attack = stamp(xte[yte != cfg.target], cfg.trigger_size)
     total = cfg.clean_steps + cfg.poison_steps
     n_poison = int(round(cfg.poison_frac * cfg.batch_size))
 
-    def batch_loss(step: int) -> Tensor:
+    def batch_loss(step: int, gen: torch.Generator) -> Tensor:
         idx = torch.randint(len(xtr), (cfg.batch_size,), generator=gen)
         x, y = xtr[idx], ytr[idx].clone()
         if step >= cfg.clean_steps:
@@ -107,12 +111,46 @@ def _train(cfg: BackdoorConfig, progress: bool) -> BackdoorRun:
         x = x + cfg.noise * torch.randn(x.shape, generator=gen)
         return torch.nn.functional.cross_entropy(net(x), y)
 
-    def evaluate(step: int, loss: float) -> dict[str, float]:
+    def evaluate(step: int, losses: Losses) -> dict[str, float]:
         return {
             "test_acc": float((net(xte).argmax(-1) == yte).float().mean()),
             "attack_success": float((net(x_attack).argmax(-1) == cfg.target).float().mean()),
         }
 
-    run = BackdoorRun(cfg, x_test=xte, y_test=yte)
-    save = [*range(0, total + 1, cfg.every), total]
-    return train_with_checkpoints(net, opt, run, total, save, batch_loss, evaluate, desc="backdoor", progress=progress)
+    save = {*range(0, total + 1, cfg.every), total}
+    return train_loop(
+        net,
+        opt,
+        batch_loss,
+        total,
+        seed=cfg.seed + 1,
+        config=cfg,
+        evaluate=evaluate,
+        eval_steps=save,
+        keep_steps=save,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        postfix={"test_acc": ("test_acc", ".3f"), "asr": ("attack_success", ".3f")},
+        desc="backdoor",
+        progress=progress,
+        threads=threads,
+    )
+
+
+def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
+    """The trained network (`HookedTensorNetwork.save`)."""
+    return run.model.save(directory)
+
+
+def load(directory: str | os.PathLike, device: torch.device | str | None = None) -> HookedTensorNetwork:
+    """The network `save` wrote, in eval mode."""
+    return HookedTensorNetwork.load(directory, device=device).eval()
+
+
+def load_default(
+    path: str | os.PathLike | None = None, device: torch.device | str | None = None
+) -> HookedTensorNetwork:
+    """The network `tl-tensorsim train backdoor --out path` wrote; None: `registry.default_out("backdoor")`,
+    trained there with the default settings if it is not there yet."""
+    return load(registry.model_folder("backdoor", path), device=device)

@@ -6,21 +6,28 @@ the power schedule `floor(steps · (i / (n - 1))^5)` (100 requested, 90 after re
 
 The model is a `HookedTensorNetwork`; training multiplies one-hot inputs by gathering weight rows, which is the
 same function (`fast_logits`, checked against `net(one_hot)` in the tests) at a fraction of the cost.
+
+    tl-tensorsim train grokking --out DIR       # paper settings; the checkpoints: training.load_run(DIR/checkpoints, ...)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tl_tensorsim.artifacts import DictConfig
-from tl_tensorsim.models._threads import limit_threads
-from tl_tensorsim.models.training import CheckpointRun, bilinear_classifier, train_with_checkpoints
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
+from tl_tensorsim.models import registry
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork, bilinear_classifier
+from tl_tensorsim.training import Losses, TrainingRun, train_loop
+
+# the model registry (`tl-tensorsim train grokking`, see registry.py)
+DESCRIPTION = "modular addition (P = 113) as a 1-layer bilinear tensor network (grokking, paper settings)"
+SHIPPED = None
 
 
 @dataclass
@@ -36,6 +43,9 @@ class GrokkingConfig(DictConfig):
     n_checkpoints: int = 100
     schedule_power: float = 5.0
     seed: int = 1337
+
+
+CONFIG = GrokkingConfig
 
 
 def checkpoint_steps(steps: int, n: int = 100, power: float = 5.0) -> list[int]:
@@ -81,35 +91,22 @@ def fast_logits(net: HookedTensorNetwork, pairs: Tensor, p: int) -> Tensor:
     return (left * right) @ net.unembed.W_U  # type: ignore[union-attr]
 
 
-@dataclass
-class GrokkingRun(CheckpointRun):
-    """Checkpoints (state dicts) and their training curves."""
-
-    cfg: GrokkingConfig
-    train_acc: list[float] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    POSTFIX: ClassVar[dict[str, tuple[str, str]]] = {"loss": ("train_loss", ".3g"), "val_acc": ("val_acc", ".3f")}
-
-    def new_model(self) -> HookedTensorNetwork:
-        return make_model(self.cfg)
-
-
 def train(
-    cfg: GrokkingConfig,
+    cfg: GrokkingConfig | None = None,
     steps_to_save: Sequence[int] | None = None,
     progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
     threads: int | None = 1,
-) -> GrokkingRun:
-    """Train with AdamW on random minibatches (with replacement) of the training pairs, saving checkpoints at
-    `steps_to_save` (default: the power schedule). `threads`: torch intra-op threads while training (see
-    `_threads.py`; None leaves the setting alone)."""
-    with limit_threads(threads):
-        return _train(cfg, steps_to_save, progress, callback)
-
-
-def _train(cfg, steps_to_save, progress, callback) -> GrokkingRun:
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+) -> TrainingRun:
+    """Train with AdamW on random minibatches (with replacement) of the training pairs (generator seeded by
+    `seed + 1`), through `tl_tensorsim.training.train_loop`. At `steps_to_save` (default: the power schedule)
+    the run keeps a state dict and records `train_acc`, `val_acc` (over every pair) and `train_loss` (the last
+    batch's): `run.steps`, `run.models()`, `run.metric("val_acc")`. `threads`: torch intra-op threads while
+    training (None leaves the setting alone). checkpoint_dir / checkpoint_every / resume: as in `train_loop`."""
+    cfg = cfg or GrokkingConfig()
     torch.manual_seed(cfg.seed)
     net = make_model(cfg)
     pairs, labels = all_pairs(cfg.p)
@@ -120,21 +117,52 @@ def _train(cfg, steps_to_save, progress, callback) -> GrokkingRun:
         else checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.schedule_power)
     )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
 
-    def batch_loss(step: int) -> Tensor:
+    def batch_loss(step: int, gen: torch.Generator) -> Tensor:
         idx = tr[torch.randint(len(tr), (cfg.batch_size,), generator=gen)]
         return torch.nn.functional.cross_entropy(fast_logits(net, pairs[idx], cfg.p), labels[idx])
 
-    def evaluate(step: int, loss: float) -> dict[str, float]:
+    def evaluate(step: int, losses: Losses) -> dict[str, float]:
         pred = fast_logits(net, pairs, cfg.p).argmax(-1) == labels
         return {
             "train_acc": float(pred[tr].float().mean()),
             "val_acc": float(pred[va].float().mean()),
-            "train_loss": loss,
+            "train_loss": losses.last,
         }
 
-    run = GrokkingRun(cfg)
-    return train_with_checkpoints(
-        net, opt, run, cfg.steps, save, batch_loss, evaluate, desc="grokking", progress=progress, callback=callback
+    return train_loop(
+        net,
+        opt,
+        batch_loss,
+        cfg.steps,
+        seed=cfg.seed + 1,
+        config=cfg,
+        evaluate=evaluate,
+        eval_steps=set(save),
+        keep_steps=set(save),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        postfix={"loss": ("train_loss", ".3g"), "val_acc": ("val_acc", ".3f")},
+        desc="grokking",
+        progress=progress,
+        threads=threads,
     )
+
+
+def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
+    """The trained network (`HookedTensorNetwork.save`)."""
+    return run.model.save(directory)
+
+
+def load(directory: str | os.PathLike, device: torch.device | str | None = None) -> HookedTensorNetwork:
+    """The network `save` wrote, in eval mode."""
+    return HookedTensorNetwork.load(directory, device=device).eval()
+
+
+def load_default(
+    path: str | os.PathLike | None = None, device: torch.device | str | None = None
+) -> HookedTensorNetwork:
+    """The network `tl-tensorsim train grokking --out path` wrote; None: `registry.default_out("grokking")`,
+    trained there with the paper's settings if it is not there yet."""
+    return load(registry.model_folder("grokking", path), device=device)

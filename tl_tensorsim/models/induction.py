@@ -5,19 +5,20 @@ next-token prediction. Only the second copy of the segment is predictable, and o
 earlier occurrence of the current token, copy the token after it), so the model grows the textbook circuit: a
 previous-token head in layer 0 whose output the keys of an induction head in layer 1 read (K-composition).
 
-    tl-tensorsim train-induction                    # retrain and rewrite weights/induction_2l.{safetensors,json}
+    tl-tensorsim train induction --out DIR          # retrain into DIR (default ~/.cache/tl_tensorsim/induction)
+    ts.load_induction_model(DIR)                    # ... and load it; ts.load_induction_model(): the shipped one
 
-`load_default()` loads the shipped weights; `build_model()` gives a fresh model with the toy tokenizer
-(`t0 ... t63` and `<|endoftext|>` as BOS), so `to_tokens`, `to_str_tokens` and `head_detector.detect_head` work.
+`load_default()` loads the shipped weights (`weights/induction_2l/`, written by `save` through
+`tl_tensorsim.artifacts`; the default config retrains them bit for bit); `build_model()` gives a fresh model with
+the toy tokenizer (`t0 ... t63` and `<|endoftext|>` as BOS), so `to_tokens`, `to_str_tokens` and
+`head_detector.detect_head` work.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from tl_tensorsim.artifacts import DictConfig
-from tl_tensorsim.models._threads import limit_threads
-from tl_tensorsim.models.toy import build_tl_model, load_tl_state_dict, tl_state_dict, toy_tokenizer
+from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
+from tl_tensorsim.model_io import build_tl_model, load_tl_state_dict, tl_state_dict
+from tl_tensorsim.models import registry
+from tl_tensorsim.models.toy import toy_tokenizer
+from tl_tensorsim.training import TrainingRun, train_loop
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WEIGHTS_NAME = "induction_2l"
-CACHE_DIR = Path(os.environ.get("TL_TENSORSIM_CACHE", Path.home() / ".cache" / "tl_tensorsim"))
 MODEL_NAME = "tl_tensorsim-induction-2l"
+KIND = "InductionModel"
+# the model registry (`tl-tensorsim train induction`, see registry.py)
+DESCRIPTION = "2-layer attention-only transformer with an induction circuit (the embedded default model)"
+SHIPPED = Path(__file__).resolve().parent / "weights" / "induction_2l"
 
 
 @dataclass
@@ -101,6 +104,9 @@ class InductionConfig(DictConfig):
         return out
 
 
+CONFIG = InductionConfig
+
+
 # ----------------------------------------------------------------------------------------------- data
 def make_batch(
     config: InductionConfig, batch_size: int, generator: torch.Generator | None = None
@@ -158,7 +164,7 @@ def build_model(
 
 
 def config_of(model: Any) -> InductionConfig:
-    """The `InductionConfig` a model was built with (`load_default`, `load_weights`, `train`), else the default."""
+    """The `InductionConfig` a model was built with (`load_default`, `load`, `train`), else the default."""
     cfg = getattr(model, "induction_config", None)
     return cfg if isinstance(cfg, InductionConfig) else InductionConfig()
 
@@ -189,45 +195,6 @@ def induction_accuracy(model: Any, n: int = 512, seed: int = 12345, config: Indu
 
 
 # ------------------------------------------------------------------------------------------- training
-@dataclass
-class TrainingRun:
-    """What `train()` returns: the trained model, state-dict copies at the requested steps, and the history.
-
-    `checkpoints`: `[(step, model.state_dict())]` (CPU copies), step 0 = initialisation; each loads back with
-    `build_model(run.config).load_state_dict(state_dict)` (same backend). `tl_tensorsim.models.toy.tl_state_dict`
-    gives the backend-independent TransformerLens weight names of a model.
-    `history`: one dict per evaluation, `{"step", "loss", "induction_accuracy", "train_loss"}`, at every
-    `eval_every` steps and at every checkpoint step (`train_loss` is the mean over the steps since the last row).
-    """
-
-    model: Any
-    config: InductionConfig
-    checkpoints: list[tuple[int, dict[str, Tensor]]] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def metrics_at(self, step: int) -> dict[str, float]:
-        for row in self.history:
-            if row["step"] == step:
-                return row
-        raise ValueError(f"step: no evaluation at step {step}; evaluated at {[r['step'] for r in self.history]}")
-
-    def accuracy_at(self, step: int) -> float:
-        return self.metrics_at(step)["induction_accuracy"]
-
-    def to_dataframe(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.history)
-
-    def __repr__(self) -> str:
-        last = self.history[-1] if self.history else {}
-        return (
-            f"TrainingRun({self.config.steps} steps in {self.seconds:.1f}s, {len(self.checkpoints)} checkpoints, "
-            f"final loss {last.get('loss', float('nan')):.3f}, induction accuracy {last.get('induction_accuracy', float('nan')):.3f})"
-        )
-
-
 def _lr_factor(config: InductionConfig, step: int) -> float:
     """Linear warm-up over `warmup_steps`, constant, then cosine decay from `decay_start * steps` to
     `min_lr_factor` at `steps`."""
@@ -245,78 +212,75 @@ def train(
     device: str | torch.device | None = None,
     backend: str | None = None,
     threads: int | None = 1,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> TrainingRun:
-    """Train the induction model from scratch; deterministic given `config.seed` (same device, thread count, torch).
+    """Train the induction model from scratch through `tl_tensorsim.training.train_loop`; deterministic given
+    `config.seed` (same device, thread count, torch).
 
-    AdamW: linear warm-up, constant `lr`, cosine decay to `min_lr_factor * lr` over the last `1 - decay_start` of
-    the steps; a fresh batch from `make_batch` every step, loss on every next-token prediction.
-    `checkpoint_steps`: steps (0..config.steps) at which to keep a copy of the weights and evaluate.
-    device: defaults to CPU. threads: torch intra-op threads while training (1: fastest for this small model on
-    a shared machine, and reproducible; None leaves the setting alone).
+    AdamW (betas 0.9, 0.98): linear warm-up, constant `lr`, cosine decay to `min_lr_factor * lr` over the last
+    `1 - decay_start` of the steps; a fresh batch from `make_batch` every step (generator seeded by `config.seed`),
+    cross-entropy on every next-token prediction. Evaluated (`history` rows `{"step", "loss",
+    "induction_accuracy", "train_loss"}`, `train_loss` the mean since the last row) on `eval_size` held-out
+    sequences every `eval_every` steps and at every checkpoint step.
+    `checkpoint_steps`: steps (0..config.steps) at which to keep a copy of the weights (`run.checkpoints`, CPU,
+    loadable with `build_model(run.config).load_state_dict`). device: defaults to CPU. threads: torch intra-op
+    threads while training (1: fastest for this small model on a shared machine; None leaves the setting alone).
+    checkpoint_dir / checkpoint_every / resume: resumable checkpoints, as in `train_loop`.
     """
     config = config or InductionConfig()
     steps_wanted = sorted(set(checkpoint_steps or []))
     bad = [s for s in steps_wanted if not isinstance(s, int) or not 0 <= s <= config.steps]
     if bad:
         raise ValueError(f"checkpoint_steps: expected integers in 0..{config.steps}; got {bad}")
-    with limit_threads(threads):
-        return _train(config, steps_wanted, progress, torch.device(device or "cpu"), backend)
-
-
-def _train(
-    config: InductionConfig, steps_wanted: list[int], progress: bool, device: torch.device, backend: str | None
-) -> TrainingRun:
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
+    device = torch.device(device or "cpu")
     model = build_model(config, device=device, backend=backend)
     model.induction_config = config
-    model.train()
-    gen = torch.Generator().manual_seed(config.seed)
     eval_tokens, eval_mask = make_batch(config, config.eval_size, torch.Generator().manual_seed(config.seed + 10_000))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, config))
-    run = TrainingRun(model=model, config=config)
-    recent: list[float] = []
 
-    def record(step: int) -> None:
-        model.eval()
-        row = {"step": step, **evaluate(model, eval_tokens, eval_mask)}
-        row["train_loss"] = sum(recent) / len(recent) if recent else row["loss"]
-        recent.clear()
-        run.history.append(row)
-        model.train()
-        if step in steps_wanted:
-            run.checkpoints.append((step, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
-
-    record(0)
-    bar = tqdm(range(1, config.steps + 1), desc="train induction model", disable=not progress)
-    for step in bar:
-        tokens = make_batch(config, config.batch_size, gen)[0].to(device)
+    def batch_loss(step: int, generator: torch.Generator) -> Tensor:
+        tokens = make_batch(config, config.batch_size, generator)[0].to(device)
         logits = model(tokens)[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        recent.append(loss.item())
-        if step in steps_wanted or step % config.eval_every == 0 or step == config.steps:
-            record(step)
-            bar.set_postfix(
-                loss=f"{run.history[-1]['loss']:.3f}", ind_acc=f"{run.history[-1]['induction_accuracy']:.3f}"
-            )
-    model.eval()
-    run.seconds = time.perf_counter() - t0
-    return run
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    def score(step: int, losses) -> dict[str, float]:
+        row = evaluate(model, eval_tokens, eval_mask)
+        row["train_loss"] = losses.mean if losses.count else row["loss"]
+        return row
+
+    every = set(range(0, config.steps + 1, config.eval_every))
+    return train_loop(
+        model,
+        opt,
+        batch_loss,
+        config.steps,
+        seed=config.seed,
+        config=config,
+        scheduler=sched,
+        evaluate=score,
+        eval_steps=every | set(steps_wanted) | {config.steps},
+        keep_steps=steps_wanted,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        postfix={"loss": ("loss", ".3f"), "ind_acc": ("induction_accuracy", ".3f")},
+        desc="train induction model",
+        progress=progress,
+        threads=threads,
+    )
 
 
 # ---------------------------------------------------------------------------------------- save / load
-def save_weights(run: TrainingRun, directory: str | os.PathLike = WEIGHTS_DIR, name: str = WEIGHTS_NAME) -> Path:
-    """Write `NAME.safetensors` (TL-named weights) and `NAME.json` (config + training summary)."""
+def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
+    """Write the trained model to `directory` through `save_artifact`: `tensors.safetensors` (TransformerLens
+    weight names, the same whichever model class trained it) and `cfg.json` (kind "InductionModel", the config and
+    a training summary with the evaluation history)."""
     from importlib.metadata import version
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = run.history[-1]
     meta = {
         "model_name": MODEL_NAME,
@@ -333,45 +297,24 @@ def save_weights(run: TrainingRun, directory: str | os.PathLike = WEIGHTS_DIR, n
             "transformer_lens": version("transformer_lens"),
         },
     }
-    tmp = directory / f".{name}.safetensors.tmp"
-    save_file(tl_state_dict(run.model), str(tmp), metadata={"model_name": MODEL_NAME})
-    os.replace(tmp, directory / f"{name}.safetensors")
-    (directory / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return directory / f"{name}.safetensors"
+    return save_artifact(directory, tl_state_dict(run.model), meta, kind=KIND)
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device | None = None, backend: str | None = None):
-    """A model in eval mode from `path` (`*.safetensors` beside its `*.json`), as written by `save_weights`."""
-    path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
+def load(directory: str | os.PathLike, device: str | torch.device | None = None, backend: str | None = None):
+    """A model in eval mode from a folder `save` wrote, with `induction_config` and `training_summary` attached."""
+    tensors, meta = load_artifact(directory, kind=KIND)
     config = InductionConfig.from_dict(meta["config"])
     model = build_model(config, device=device, backend=backend)
-    load_tl_state_dict(model, load_file(str(path), device="cpu"))
+    load_tl_state_dict(model, tensors)
     model.induction_config = config
     model.training_summary = meta.get("training", {})
     return model.eval()
 
 
-def default_weights_path() -> Path:
-    return WEIGHTS_DIR / f"{WEIGHTS_NAME}.safetensors"
-
-
-def load_default(device: str | torch.device | None = None, backend: str | None = None):
-    """The embedded induction model in eval mode: the shipped weights, or (if they are missing) weights trained
-    once with the default config and cached under `~/.cache/tl_tensorsim` (`$TL_TENSORSIM_CACHE`)."""
-    for path in (default_weights_path(), CACHE_DIR / f"{WEIGHTS_NAME}.safetensors"):
-        if path.is_file() and path.with_suffix(".json").is_file():
-            return load_weights(path, device=device, backend=backend)
-    run = train(InductionConfig())
-    save_weights(run, CACHE_DIR)
-    return load_weights(CACHE_DIR / f"{WEIGHTS_NAME}.safetensors", device=device, backend=backend)
-
-
-def retrain(out: str | Path = WEIGHTS_DIR, steps: int | None = None, seed: int | None = None) -> Path:
-    """Retrain the embedded model from scratch and rewrite `induction_2l.{safetensors,json}` in `out`
-    (`tl-tensorsim train-induction`). Returns the weights path."""
-    run = train(InductionConfig(**{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}))
-    path = save_weights(run, out)
-    heldout = json.loads(path.with_suffix(".json").read_text())["training"]["induction_accuracy_heldout"]
-    print(f"{run!r}\nheld-out induction accuracy {heldout:.4f}\nwrote {path} and {path.with_suffix('.json').name}")
-    return path
+def load_default(
+    path: str | os.PathLike | None = None, device: str | torch.device | None = None, backend: str | None = None
+):
+    """The induction model in eval mode. `path`: a folder written by `tl-tensorsim train induction --out DIR`
+    (or `save`); None: the shipped weights, else (if they are missing) weights trained once with the default
+    config and cached in `registry.default_out("induction")` (`~/.cache/tl_tensorsim/induction`)."""
+    return load(registry.model_folder("induction", path), device=device, backend=backend)

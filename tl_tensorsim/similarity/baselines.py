@@ -57,11 +57,12 @@ def _check_tokens(tokens: Any, view: ModelView) -> Tensor:
 def head_outputs(view: ModelView, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "n_heads batch pos d_model"]:
     """Every head's output `z @ W_O` (no `b_O`), heads in `head_labels()` order, model dtype.
 
-    Reads `blocks.{l}.attn.hook_z` with `run_with_cache` (no hooks stay behind)."""
+    Reads `blocks.{l}.attn.hook_z` with `ModelView.run_with_cache` (no hooks stay behind; the unembedding is
+    skipped)."""
     tokens = _check_tokens(tokens, view)
     names = [view.check_hook_name(f"blocks.{layer}.attn.hook_z") for layer in range(view.cfg.n_layers)]
     with torch.no_grad():
-        _, cache = view.model.run_with_cache(tokens.to(view.device), names_filter=names)
+        _, cache = view.run_with_cache(tokens, names=names, stop_at_layer=view.cfg.n_layers)
         W_O = view.W_O
         out = torch.stack([einsum(cache[n], W_O[layer], "b p h r, h r d -> h b p d") for layer, n in enumerate(names)])
     return rearrange(out, "L H b p d -> (L H) b p d")

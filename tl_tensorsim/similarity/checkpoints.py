@@ -182,14 +182,19 @@ def checkpoint_similarity(
     """Per-head similarity across `T` checkpoints of one training run.
 
     Args:
-        checkpoints: a TransformerLens model name (Pythia, stanford-crfm GPT-2) with `checkpoint_indices`; or a
-            sequence of models / ModelViews / state dicts / state-dict files (`.safetensors`, `.pt`) /
-            zero-argument callables returning a model, oldest first.
+        checkpoints: a TransformerLens model name (Pythia, stanford-crfm GPT-2) with `checkpoint_indices`; a
+            folder of state-dict files (`.safetensors`, `.pt`, `.pth`; ordered and labelled by the step number in
+            their names); a training run with `.checkpoints` (`TrainingRun`); or a sequence, oldest first, of
+            models / ModelViews / state dicts / state-dict files / zero-argument callables returning a model, or
+            of `(step, one of these)` pairs (the steps label the checkpoints). Every file is checked before work.
         circuit, level, metric, positions, method, dtype, memory_budget: as in `head_similarity`
             (`metric="behavioral"` needs `tokens`).
-        steps: x-axis values (default: the run's step labels for a model name, else 0..T-1).
-        model: for state dicts / files: the model (its weights are overwritten) or a `HookedTransformerConfig` /
-            dict of config fields to build one; every checkpoint is loaded into it in turn.
+        steps: x-axis values (default: the run's step labels for a model name, the pairs' or file names' steps,
+            else 0..T-1).
+        model: for state dicts / files (either naming convention: TransformerLens names or a bridge's own): a
+            model or ModelView, deep-copied once (never modified), or a `HookedTransformerConfig` /
+            `TransformerBridgeConfig` / dict of config fields to build one; every checkpoint is loaded into that
+            private copy in turn (default for a training run: its model).
         pairs: "all" (full `T x T`) or "final" (only each checkpoint against the last; for costly token levels).
         from_pretrained_kwargs: extra arguments for `from_pretrained` (e.g. `fold_ln=False`).
         store: where per-checkpoint head factors wait: "memory", "disk" (temporary safetensors), "auto".
@@ -250,7 +255,7 @@ def checkpoint_similarity(
         "pairs": pairs,
         "dtype": str(dtype),
         "processing": next(iter(procs.values())),
-        **({"model_name": checkpoints} if isinstance(checkpoints, str) else {}),
+        **({"model_name": checkpoints} if isinstance(checkpoints, str) and checkpoint_indices else {}),
         **({"checkpoint_indices": list(checkpoint_indices)} if checkpoint_indices else {}),
     }
     return CheckpointSimilarity(

@@ -10,11 +10,14 @@ and two of them can be compared exactly from their weights:
     tn.tensor_similarity(net_a, net_b, output=9)              # the class-9 slice
     tn.tensor_similarity_matrix(checkpoints, steps=steps)     # T x T over training
 
-Importing this package registers the identity activation (`act_fn="identity"`) with TransformerLens, so a
-`HookedTransformer` with `gated_mlp=True` has bilinear MLPs (`bilinear_config`, `extract_mlp`).
+The model classes (`HookedTensorNetwork`, `BilinearLayer`, ...) live in `tl_tensorsim.models` and are re-exported
+here. Importing this package changes no global state of TransformerLens: `register_identity_activation()` (called
+by `bilinear_config`) adds `act_fn="identity"`, with which a `HookedTransformer` with `gated_mlp=True` has bilinear
+MLPs (`extract_mlp` reads them).
 """
 
-from tl_tensorsim.tensor_networks.bilinear import BilinearLayer, LinearLayer, TensorChain, chain_from_layers
+from tl_tensorsim.models.bilinear import BilinearLayer, LinearLayer, TensorChain, chain_from_layers
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork, TensorNetworkConfig
 from tl_tensorsim.tensor_networks.compare import (
     METRICS,
     as_chain,
@@ -22,7 +25,6 @@ from tl_tensorsim.tensor_networks.compare import (
     tensor_similarity,
     tensor_similarity_matrix,
 )
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork, TensorNetworkConfig
 from tl_tensorsim.tensor_networks.results import PerOutputSimilarity, TensorSimilarityMatrix, TensorValue
 from tl_tensorsim.tensor_networks.transformer_mlp import (
     IDENTITY_ACT_FN,
@@ -33,8 +35,6 @@ from tl_tensorsim.tensor_networks.transformer_mlp import (
     extract_mlps,
     register_identity_activation,
 )
-
-register_identity_activation()
 
 __all__ = [
     "IDENTITY_ACT_FN",

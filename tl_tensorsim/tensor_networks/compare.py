@@ -22,9 +22,11 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
+from tl_tensorsim.adapter import is_transformer_lens_model
 from tl_tensorsim.checks import check_choice, options
 from tl_tensorsim.factored import factored_cosine, factored_inner
 from tl_tensorsim.models.bilinear import BilinearLayer, TensorChain, chain_from_layers
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork
 from tl_tensorsim.tensor_networks.inner import (
     PaddedStack,
     cosine,
@@ -36,7 +38,6 @@ from tl_tensorsim.tensor_networks.inner import (
     tile_size,
 )
 from tl_tensorsim.tensor_networks.montecarlo import gaussian_moments, groups_matrix
-from tl_tensorsim.models.tensor_network import HookedTensorNetwork
 from tl_tensorsim.tensor_networks.results import (
     PerOutputSimilarity,
     TensorSimilarityMatrix,
@@ -48,7 +49,6 @@ from tl_tensorsim.tensor_networks.transformer_mlp import check_polynomial
 TensorMetric = Literal["frobenius", "gaussian"]
 TensorMethod = Literal["auto", "exact", "monte_carlo"]
 METRICS = options(TensorMetric)
-_TL_MODELS = {"HookedTransformer", "TransformerBridge", "HookedEncoder", "HookedEncoderDecoder"}
 
 
 def as_chain(obj: Any, argument: str = "model") -> TensorChain:
@@ -60,7 +60,7 @@ def as_chain(obj: Any, argument: str = "model") -> TensorChain:
         return chain_from_layers(obj, name="bilinear layer")
     if isinstance(obj, HookedTensorNetwork):
         return obj.to_chain()
-    if {c.__name__ for c in type(obj).__mro__} & _TL_MODELS:
+    if is_transformer_lens_model(obj):
         check_polynomial(obj, argument)
     raise TypeError(
         f"{argument}: expected a HookedTensorNetwork, a BilinearLayer (e.g. extract_mlp(model, layer)), a TensorChain "

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from tl_tensorsim.checks import output_indices
-from tl_tensorsim.tensor_networks.bilinear import TensorChain
+from tl_tensorsim.models.bilinear import TensorChain
 
 
 @dataclass

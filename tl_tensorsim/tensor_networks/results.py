@@ -9,23 +9,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tl_tensorsim.artifacts import Artifact
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
 
 
-class TensorValue(float):
+def chain_provenance(chains: Sequence[Any], sigma: Tensor | None = None, **settings: Any) -> Provenance:
+    """The `Provenance` of a comparison of tensor networks: their names as models, `settings` (dtypes as strings;
+    `sigma` recorded only as given or not)."""
+    names = tuple(getattr(c, "name", None) for c in chains)
+    return Provenance(models=names, settings={**settings, "sigma": None if sigma is None else "given"})
+
+
+@dataclass(init=False, repr=False, eq=False)  # a float: float's equality, hash and constructor
+class TensorValue(float, Artifact):
     """A similarity (cosine) or inner product: a plain float that also carries how it was computed.
 
-    Attributes: `stderr` (Monte Carlo standard error, None when exact), `metric` ('frobenius' | 'gaussian'),
-    `method` ('exact' | 'monte_carlo' | 'factored'), `kind` ('cosine' | 'inner'), `samples` (Monte Carlo),
-    `log_abs` (natural log of |inner| for exact inner products, finite even when the float overflows).
+    Attributes: `value` (the float itself), `stderr` (Monte Carlo standard error, None when exact), `metric`
+    ('frobenius' | 'gaussian'), `method` ('exact' | 'monte_carlo' | 'factored'), `kind` ('cosine' | 'inner'),
+    `samples` (Monte Carlo), `log_abs` (natural log of |inner| for exact inner products, finite even when the
+    float overflows), `provenance`. `save(dir)` stores all of them as JSON (no tensors).
     """
 
-    stderr: float | None
+    value: float
     metric: str
     method: str
-    kind: str
-    samples: int | None
-    log_abs: float | None
+    kind: str = "cosine"
+    stderr: float | None = None
+    samples: int | None = None
+    log_abs: float | None = None
+    provenance: Provenance | None = None
 
     def __new__(
         cls,
@@ -37,10 +48,12 @@ class TensorValue(float):
         stderr: float | None = None,
         samples: int | None = None,
         log_abs: float | None = None,
+        provenance: Provenance | None = None,
     ) -> TensorValue:
         obj = super().__new__(cls, float(value))
-        obj.stderr, obj.metric, obj.method, obj.kind = stderr, metric, method, kind
+        obj.value, obj.stderr, obj.metric, obj.method, obj.kind = float(value), stderr, metric, method, kind
         obj.samples, obj.log_abs = samples, log_abs
+        obj.provenance = provenance if provenance is not None else Provenance()
         return obj
 
     def __reduce__(self) -> Any:
@@ -55,19 +68,35 @@ class TensorValue(float):
 
 
 @dataclass
-class PerOutputSimilarity:
-    """Similarity of each output slice (the class-c slice of the paper's backdoor study), `values`: `(d_out,)`."""
+class PerOutputSimilarity(Artifact):
+    """Similarity of each output slice (the class-c slice of the paper's backdoor study), `values`: `(d_out,)`.
+
+    `save(dir)` stores `values` and `stderr` (Monte Carlo only) as float64 tensors and metric, method, samples
+    and `provenance` as JSON."""
 
     values: Tensor
     metric: str
     method: str
     stderr: Tensor | None = None
     samples: int | None = None
+    provenance: Provenance = field(default_factory=Provenance, compare=False)
+
+    def _check(self) -> None:
+        if not isinstance(self.values, Tensor) or self.values.ndim != 1:
+            got = list(self.values.shape) if isinstance(self.values, Tensor) else type(self.values).__name__
+            raise ValueError(f"values: expected a vector [d_out]; got {got}")
+        if self.stderr is not None:
+            expect_shape("stderr", self.stderr, tuple(self.values.shape), "[d_out], as values")
 
     def __getitem__(self, c: int) -> TensorValue:
         err = None if self.stderr is None else float(self.stderr[c])
         return TensorValue(
-            float(self.values[c]), metric=self.metric, method=self.method, stderr=err, samples=self.samples
+            float(self.values[c]),
+            metric=self.metric,
+            method=self.method,
+            stderr=err,
+            samples=self.samples,
+            provenance=self.provenance,
         )
 
     def __len__(self) -> int:
@@ -85,6 +114,9 @@ class TensorSimilarityMatrix(Artifact):
 
     `values[i, j]` is the cosine between networks i and j; `steps`/`labels` name them. `phases` are
     `(name, first_index, last_index)` triples (inclusive) used by `phase_means` and `plot`.
+
+    `save(dir)` stores `values` and `stderr` (Monte Carlo only) as float64 tensors and metric, method, steps,
+    labels, output, samples and `provenance` as JSON; `tl_tensorsim.load(dir)` reads it back.
     """
 
     values: Tensor
@@ -95,6 +127,11 @@ class TensorSimilarityMatrix(Artifact):
     stderr: Tensor | None = None
     output: int | list[int] | None = None
     samples: int | None = None
+    provenance: Provenance = field(default_factory=Provenance, compare=False)
+
+    def _check(self) -> None:
+        if self.stderr is not None:
+            expect_shape("stderr", self.stderr, (self.T, self.T), "[T, T], as values")
 
     def __post_init__(self) -> None:
         T = self.values.shape[0]
@@ -172,24 +209,3 @@ class TensorSimilarityMatrix(Artifact):
             f"TensorSimilarityMatrix(T={self.T}, metric={self.metric!r}, method={self.method!r}, output={self.output}, "
             f"off-diagonal mean={float(off.double().mean()):.3f}, similarity first->final={float(self.values[0, -1]):.3f})"
         )
-
-    # ------------------------------------------------------------ save / load
-    def _tensors(self) -> dict[str, Tensor]:
-        out = {"values": self.values}
-        if self.stderr is not None:
-            out["stderr"] = self.stderr
-        return out
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "method": self.method,
-            "steps": self.steps,
-            "labels": self.labels,
-            "output": self.output,
-            "samples": self.samples,
-        }
-
-    @classmethod
-    def _from_parts(cls, tensors: dict[str, Tensor], config: dict[str, Any]) -> TensorSimilarityMatrix:
-        return cls(values=tensors["values"], stderr=tensors.get("stderr"), **config)

@@ -5,8 +5,9 @@ activation that is exactly a bilinear layer `D[(L x) ⊙ (R x)] + b` with `L = W
 `D = W_outᵀ`, `b = b_out + W_outᵀ b_in` (paper §2.1). TransformerLens resolves `cfg.act_fn` through the dict
 `transformer_lens.utilities.activation_functions.SUPPORTED_ACTIVATIONS` (checked by `HookedTransformerConfig`
 and looked up by `ActivationFunctionFactory`; its comment documents adding a name there as the way to extend
-it). `register_identity_activation()` adds `"identity"` to it (importing `tl_tensorsim.tensor_networks` does so),
-after which `HookedTransformerConfig(..., gated_mlp=True, act_fn="identity")` builds bilinear MLPs.
+it). `register_identity_activation()` adds `"identity"` to it, explicitly: importing tl_tensorsim changes no
+TransformerLens state; `bilinear_config` calls it, and code that builds such a config by hand calls it first.
+After it, `HookedTransformerConfig(..., gated_mlp=True, act_fn="identity")` builds bilinear MLPs.
 `extract_mlp(model, layer)` reads a block's MLP through `ModelView` as a `BilinearLayer`.
 
 Softmax attention and LayerNorm are not polynomial, so a `HookedTransformer` as a whole is never a tensor
@@ -21,8 +22,8 @@ import torch
 from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
-from tl_tensorsim.tensor_networks.bilinear import BilinearLayer
-from tl_tensorsim.tensor_networks.network import HookedTensorNetwork
+from tl_tensorsim.models.bilinear import BilinearLayer
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork
 
 IDENTITY_ACT_FN = "identity"
 
@@ -38,7 +39,8 @@ def _identity(x: Tensor) -> Tensor:
 def register_identity_activation(name: str = IDENTITY_ACT_FN) -> str:
     """Register the identity activation in TransformerLens' activation registry (idempotent); returns `name`.
 
-    Also registers it with the native `TransformerBridge` backend when that (private) table exists, so
+    Importing tl_tensorsim does not do this (no import-time change to TransformerLens): `bilinear_config` calls it,
+    and code that builds a `gated_mlp=True, act_fn="identity"` config by hand calls it first. Also registers it with the native `TransformerBridge` backend when that (private) table exists, so
     `TransformerBridge.boot_native(cfg)` accepts it too.
     """
     from transformer_lens.utilities import activation_functions as af
@@ -60,15 +62,40 @@ def register_identity_activation(name: str = IDENTITY_ACT_FN) -> str:
     return name
 
 
-def bilinear_config(**kwargs: Any) -> Any:
-    """`HookedTransformerConfig` whose MLPs are bilinear (`gated_mlp=True`, `act_fn='identity'`)."""
-    from transformer_lens import HookedTransformerConfig
+def bilinear_config(*, bridge: bool | None = None, **kwargs: Any) -> Any:
+    """A TransformerLens config whose MLPs are bilinear (`gated_mlp=True`, `act_fn='identity'`).
 
+    `kwargs` are the config's fields (`n_layers`, `d_model`, ...). Which config class comes back:
+
+    - `bridge=False`: a `HookedTransformerConfig`, for `HookedTransformer(cfg)`. TransformerLens 2.x/3.x only:
+      TransformerLens 4 removed both classes, and this raises an `ImportError` saying so there.
+    - `bridge=True`: a `TransformerBridgeConfig`, for `TransformerBridge.boot_native(cfg, dtype=...)`
+      (TransformerLens 3.x and 4.x; `boot_native` takes the dtype as its own argument, not from the config).
+    - `bridge=None` (default): `HookedTransformerConfig` where TransformerLens still has it, else
+      `TransformerBridgeConfig`.
+
+    Registers the identity activation first (see `register_identity_activation`).
+    """
     register_identity_activation()
     for key, want in (("gated_mlp", True), ("act_fn", IDENTITY_ACT_FN)):
         if key in kwargs and kwargs[key] != want:
             raise ValueError(f"{key}: a bilinear-MLP config needs {key}={want!r}; got {kwargs[key]!r}")
-    return HookedTransformerConfig(**{**kwargs, "gated_mlp": True, "act_fn": IDENTITY_ACT_FN})
+    fields = {**kwargs, "gated_mlp": True, "act_fn": IDENTITY_ACT_FN}
+    if not bridge:
+        try:
+            from transformer_lens import HookedTransformerConfig
+        except ImportError as e:  # TransformerLens 4.x: HookedTransformer and its config were removed
+            if bridge is False:
+                raise ImportError(
+                    "bridge: bilinear_config(bridge=False) builds a HookedTransformerConfig, which exists only in "
+                    "TransformerLens 2.x/3.x (the installed TransformerLens removed it); use bilinear_config("
+                    "bridge=True) and TransformerBridge.boot_native(cfg) instead"
+                ) from e
+        else:
+            return HookedTransformerConfig(**fields)
+    from transformer_lens.config import TransformerBridgeConfig
+
+    return TransformerBridgeConfig(**fields)
 
 
 def extract_mlp(model: Any, layer: int) -> BilinearLayer:

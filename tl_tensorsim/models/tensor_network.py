@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 from transformer_lens.hook_points import HookPoint
 
 from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
-from tl_tensorsim.tensor_networks.bilinear import BilinearLayer, LinearLayer, TensorChain, as_linear
+from tl_tensorsim.models.bilinear import BilinearLayer, LinearLayer, TensorChain, as_linear
 
 
 @dataclass
@@ -327,3 +327,12 @@ class HookedTensorNetwork(HookedRootModule):
             f"HookedTensorNetwork({c.model_name!r}: {src}, widths={c.stream_widths()}, d_hidden={c.d_hidden}, "
             f"d_out={c.d_out}, residual={c.residual}, bias={c.bias})"
         )
+
+
+def bilinear_classifier(d_in: int, d_hidden: int, d_out: int, seed: int | None, name: str) -> HookedTensorNetwork:
+    """Bilinear(d_in -> d_hidden) then Linear(d_hidden -> d_out): one layer, no embed, no down projection, no bias
+    (the paper's grokking and backdoor models), `f(x) = W_U [(W_L x) ⊙ (W_R x)]`, initialised from `seed`."""
+    cfg = TensorNetworkConfig(
+        d_in=d_in, d_hidden=d_hidden, d_out=d_out, seed=seed, model_name=name, n_layers=1, embed=False, down_proj=False
+    )
+    return HookedTensorNetwork(cfg)

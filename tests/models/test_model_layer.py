@@ -1,0 +1,62 @@
+"""The model layer: model classes importable from `tl_tensorsim.models` (and, as before, from the analyses), the
+model registry behind `tl-tensorsim train`, and no TransformerLens state changed by importing the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import tl_tensorsim as ts
+from tl_tensorsim.models import registry
+
+
+def test_model_classes_live_in_models_and_are_re_exported():
+    from tl_tensorsim import models, tensor_networks
+
+    for name in ("HookedTensorNetwork", "TensorNetworkConfig", "BilinearLayer", "LinearLayer", "TensorChain"):
+        cls = getattr(models, name)
+        assert cls.__module__.startswith("tl_tensorsim.models."), (name, cls.__module__)
+        assert getattr(tensor_networks, name) is cls
+    assert ts.HookedTensorNetwork is models.HookedTensorNetwork and ts.BilinearLayer is models.BilinearLayer
+
+
+def test_importing_the_package_leaves_transformer_lens_alone():
+    code = (
+        "from transformer_lens.utilities import activation_functions as af\n"
+        "before = dict(af.SUPPORTED_ACTIVATIONS)\n"
+        "import tl_tensorsim, tl_tensorsim.tensor_networks, tl_tensorsim.models\n"
+        "assert af.SUPPORTED_ACTIVATIONS == before, set(af.SUPPORTED_ACTIVATIONS) ^ set(before)\n"
+        "tl_tensorsim.register_identity_activation()\n"
+        "assert set(af.SUPPORTED_ACTIVATIONS) - set(before) == {'identity'}\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_registry_finds_the_trainable_models():
+    names = [m.__name__.rsplit(".", 1)[-1] for m in registry.available()]
+    assert names == sorted(names) and set(names) >= {"induction", "grokking", "backdoor"}
+    assert "toy" not in names and "registry" not in names
+    assert registry.get("induction").SHIPPED.is_dir()
+    with pytest.raises(ValueError, match=r"name: unknown model 'nope'; expected one of \["):
+        registry.get("nope")
+
+
+def test_make_config_parses_command_line_values():
+    cfg = registry.make_config("grokking", {"lr": "3e-3", "betas": "[0.9, 0.98]", "steps": 7})
+    assert cfg.lr == 0.003 and cfg.betas == (0.9, 0.98) and cfg.steps == 7 and cfg.p == 113
+    assert registry.make_config("induction", {"normalization_type": "null"}).normalization_type is None
+    assert registry.make_config("induction", {"normalization_type": "LNPre"}).normalization_type == "LNPre"
+    with pytest.raises(ValueError, match="unknown InductionConfig fields"):
+        registry.make_config("induction", {"nope": "1"})
+
+
+def test_cache_folder_honours_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("TL_TENSORSIM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert registry.default_out("grokking") == tmp_path / "xdg" / "tl_tensorsim" / "grokking"
+    monkeypatch.setenv("TL_TENSORSIM_CACHE", str(tmp_path / "mine"))
+    assert registry.default_out("grokking") == tmp_path / "mine" / "grokking"
