@@ -84,12 +84,12 @@ def _shape(t: Tensor | None) -> str:
 
 # --------------------------------------------------------------------------------------------- base class
 class SubspaceHook:
-    """Base class of the hook objects: selects the head and positions, calls `_transform` on the selected rows,
-    and writes them back into a copy of the activation.
+    """Base class of the hook objects: selects the head, calls `_transform` on its `[batch, pos, d]` features and
+    keeps the transformed rows only at the selected positions (`torch.where`, so shapes never depend on the data
+    and the hook works under `torch.func` transforms); the input is never modified in place.
 
     Subclasses set `feature_dim` (the `d` their tensors expect), may return extra `[batch, pos, d]` operands from
-    `_operands` (a source run, a mean), and implement `_transform(x, **operands)`, where `x` and each operand are
-    the selected rows `[..., d]`.
+    `_operands` (a source run, a mean), and implement `_transform(x, **operands)`, row-wise on `[..., d]` tensors.
     """
 
     op = "hook"
@@ -206,16 +206,13 @@ class SubspaceHook:
         self._check_feature_dim(d, name)
         mask = positions_mask(self.positions, batch, seq, device=x.device)
         operands = self._operands(activation, x, name)
-        if mask is None:
-            new = self._transform(x, **operands)
-            if self.head is None:
-                return new
-            out = activation.clone()
-            out[:, :, self.head] = new
-            return out
+        new = self._transform(x, **operands)
+        if mask is not None:  # select with torch.where: fixed shapes, so the hook works under torch.func / compile
+            new = torch.where(mask[..., None], new, x)
+        if self.head is None:
+            return new
         out = activation.clone()
-        target = out if self.head is None else out[:, :, self.head]
-        target[mask] = self._transform(x[mask], **{k: v[mask] for k, v in operands.items()})
+        out[:, :, self.head] = new
         return out
 
     def __repr__(self) -> str:
