@@ -26,7 +26,7 @@ from typing import Any
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_tensorsim.adapter import ModelView, as_view
+from tl_tensorsim.adapter import ModelLike, ModelView, as_view
 from tl_tensorsim.adapter import gate_flag as gate_flag  # re-exported as hooks.gate_flag
 from tl_tensorsim.checks import as_token_tensor
 
@@ -59,7 +59,7 @@ def _check_one(view: ModelView, name: str, hook_fn: Any, batch: int | None, seq:
 
 
 def bind(
-    model: Any, hook_name: str, hook_fn: Callable, tokens: Int[Tensor, "batch pos"] | None = None
+    model: ModelLike, hook_name: str, hook_fn: Callable, tokens: Int[Tensor, "batch pos"] | None = None
 ) -> tuple[str, Callable]:
     """Check `hook_fn` at `hook_name` on `model` and return the `(hook_name, hook_fn)` pair for `fwd_hooks`.
 
@@ -73,7 +73,7 @@ def bind(
 
 
 def validate(
-    model: Any,
+    model: ModelLike,
     fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]],
     tokens: Int[Tensor, "batch pos"] | None = None,
 ) -> list[tuple[str | Callable[[str], bool], Callable]]:
@@ -103,8 +103,8 @@ def validate(
 
 
 def run_with_hooks(
-    model: Any,
-    tokens: Tensor,
+    model: ModelLike,
+    tokens: Int[Tensor, "batch pos"],
     fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]] = (),
     **kwargs: Any,
 ) -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tl_tensorsim.adapter import as_view
+from tl_tensorsim.adapter import ModelLike, as_view
 from tl_tensorsim.checks import as_token_tensor, check_token_range, checked_int
 from tl_tensorsim.positions import Positions, check_positions, normalize_positions, positions_mask
 
@@ -229,7 +229,7 @@ def _stop_layer(view: Any, name: str) -> int | None:
 
 
 def collect_activations(
-    model: Any,
+    model: ModelLike,
     tokens_or_dataset: Any,
     hook_name: str,
     positions: Positions = None,

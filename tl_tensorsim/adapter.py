@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import torch
 from jaxtyping import Float, Int
@@ -30,8 +30,19 @@ from tl_tensorsim import model_io, model_run
 from tl_tensorsim.model_io import Backend, is_transformer_lens_model, model_kind
 from tl_tensorsim.model_run import GATE_FLAGS, gate_flag
 
+if TYPE_CHECKING:  # for the type alias only; never imported at run time (TransformerLens 4 has no HookedTransformer)
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from tl_tensorsim.models import HookedTensorNetwork
+
+ModelLike: TypeAlias = Union["HookedTransformer", "TransformerBridge", "HookedTensorNetwork", "ModelView"]
+"""What public entry points accept as a model: a `HookedTransformer`, a `TransformerBridge`, a
+`HookedTensorNetwork` where the analysis reads MLPs only, or an existing `ModelView`."""
+
 __all__ = [
     "GATE_FLAGS",
+    "ModelLike",
     "SUPPORTED_MODELS",
     "WEIGHT_NAMES",
     "ModelConfig",
@@ -288,11 +299,6 @@ class ModelView:
         m = _LAYER_RE.match(name)
         return int(m.group(1)) if m else None
 
-    def to_tokens(self, text: str | list[str], **kwargs: Any) -> Tensor:
-        if getattr(self.model, "tokenizer", None) is None:
-            raise ValueError("text input needs a model with a tokenizer; pass token ids (a LongTensor) instead")
-        return self.model.to_tokens(text, **kwargs)
-
     # --------------------------------------------------------------- build / load
     @classmethod
     def build(
@@ -394,6 +400,6 @@ def _rows_centred(w: Tensor) -> bool:
     return bool(w.mean(-1).abs().max() <= 1e-6 * torch.maximum(-lo, hi).clamp_min(1e-30))
 
 
-def as_view(model: Any) -> ModelView:
+def as_view(model: ModelLike) -> ModelView:
     """`ModelView` for `model` (returned unchanged when it already is one)."""
     return model if isinstance(model, ModelView) else ModelView(model)

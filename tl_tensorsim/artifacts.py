@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import json
 import os
 import secrets
@@ -44,7 +43,6 @@ TENSORS_FILE = "tensors.safetensors"
 CONFIG_FILE = "cfg.json"
 FORMAT_VERSION = "1.0"  # MAJOR.MINOR of the cfg.json layout: a new major cannot be read by older versions
 RESERVED_KEYS = ("kind", "format_version", "tl_tensorsim_version")
-RESULT_MODULES = ("tl_tensorsim.similarity", "tl_tensorsim.tensor_networks", "tl_tensorsim.circuits")
 T = TypeVar("T", bound="Artifact")
 C = TypeVar("C", bound="DictConfig")
 
@@ -242,30 +240,18 @@ class Provenance:
 _KINDS: dict[str, type[Artifact]] = {}
 
 
-def _known_kinds() -> tuple[list[str], list[str]]:
-    """Every registered kind after importing the analysis subpackages, and the ones that failed to import."""
-    failed = []
-    for module in RESULT_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            failed.append(f"{module} ({e})")
-    return sorted(_KINDS), failed
-
-
 def load(directory: str | os.PathLike) -> Artifact:
     """The result saved in `directory`, as the type that saved it (`HeadSimilarity`, `TensorSimilarityMatrix`,
     `Circuit`, ...): `tl_tensorsim.load(dir)`. Errors name the folder (see `load_artifact`)."""
     tensors, config = load_artifact(directory)
     kind = config.get("kind")
+    # Importing any tl_tensorsim module runs the package's __init__, which imports every analysis, so every
+    # shipped kind is registered by now; a kind from a user's own module needs that module imported.
     if not isinstance(kind, str) or kind not in _KINDS:
-        known, failed = _known_kinds()
-        if not isinstance(kind, str) or kind not in _KINDS:
-            raise ValueError(
-                f"directory: {directory} holds a result of unknown kind {kind!r}; known kinds: {known}"
-                + (f" (modules that failed to import: {failed})" if failed else "")
-                + "; import the module that defines it, or upgrade tl_tensorsim"
-            )
+        raise ValueError(
+            f"directory: {directory} holds a result of unknown kind {kind!r}; known kinds: {sorted(_KINDS)}; "
+            "import the module that defines it, or upgrade tl_tensorsim"
+        )
     return _KINDS[kind]._from_stored(Path(directory), tensors, config)
 
 

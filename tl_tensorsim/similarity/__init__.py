@@ -3,7 +3,7 @@
 - re-exported from the core (`tl_tensorsim.factored`, `tl_tensorsim.linalg`): exact (metric) Frobenius inner
   products and cosines of factored matrices, `FactoredMatrix` inputs, batched all pairs, factored-vs-dense choice
   by cost; `gram` for embedding / unembedding metrics.
-- `heads`: `head_similarity` (QK / OV circuits, residual or token level) and its result `HeadSimilarity`.
+- `heads`: `head_similarity` (QK / OV circuits, residual or token level); `results`: its result `HeadSimilarity`.
 - `checkpoints`: `checkpoint_similarity` across training checkpoints and its result `CheckpointSimilarity`.
 - `baselines`: raw weight cosine and behavioural (head output) cosine, in the same result type.
 """
@@ -13,7 +13,8 @@ from tl_tensorsim.linalg import cosine_from_parts, gram
 from tl_tensorsim.similarity.baselines import behavioral_similarity, head_outputs, raw_weight_similarity
 from tl_tensorsim.similarity.checkpoint_io import load_pretrained_checkpoint
 from tl_tensorsim.similarity.checkpoints import CheckpointSimilarity, checkpoint_similarity
-from tl_tensorsim.similarity.heads import HeadSimilarity, circuit_factors, head_similarity
+from tl_tensorsim.similarity.heads import circuit_factors, head_similarity
+from tl_tensorsim.similarity.results import HeadSimilarity
 
 __all__ = [
     "CheckpointSimilarity",

@@ -18,11 +18,11 @@ from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_tensorsim.adapter import ModelView, as_view
+from tl_tensorsim.adapter import ModelLike, ModelView, as_view
 from tl_tensorsim.artifacts import Provenance
 from tl_tensorsim.checks import as_token_tensor, check_choice, check_token_range
 from tl_tensorsim.linalg import cosine_from_parts
-from tl_tensorsim.similarity.heads import Circuit, HeadSimilarity
+from tl_tensorsim.similarity.results import Circuit, HeadSimilarity
 
 
 def raw_weight_vectors(view: ModelView, circuit: str) -> Float[Tensor, "n_heads n_weights"]:
@@ -32,7 +32,7 @@ def raw_weight_vectors(view: ModelView, circuit: str) -> Float[Tensor, "n_heads 
     return torch.cat([rearrange(first, "L H a b -> (L H) (a b)"), rearrange(second, "L H a b -> (L H) (a b)")], dim=-1)
 
 
-def raw_weight_similarity(model_a: Any, model_b: Any = None, circuit: Circuit = "QK") -> HeadSimilarity:
+def raw_weight_similarity(model_a: ModelLike, model_b: ModelLike | None = None, circuit: Circuit = "QK") -> HeadSimilarity:
     """Cosine of raw concatenated head weights (not gauge-invariant), float64 `[n_heads_a, n_heads_b]`."""
     va = as_view(model_a)
     vb = va if model_b is None else as_view(model_b)
@@ -69,8 +69,8 @@ def head_outputs(view: ModelView, tokens: Int[Tensor, "batch pos"]) -> Float[Ten
 
 
 def behavioral_similarity(
-    model_a: Any,
-    model_b: Any = None,
+    model_a: ModelLike,
+    model_b: ModelLike | None = None,
     *,
     tokens: Int[Tensor, "batch pos"] | None = None,
     batch_size: int = 8,

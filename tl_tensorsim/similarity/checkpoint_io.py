@@ -268,7 +268,6 @@ class SummaryStore:
         self._memory: list[dict[str, Tensor]] = []
         self._dir: tempfile.TemporaryDirectory | None = None
         self._files: list[str] = []
-        self.bytes = 0
 
     def plan(self, first: dict[str, Tensor], n_checkpoints: int) -> None:
         """Choose memory or disk from the first summary's size."""
@@ -280,16 +279,12 @@ class SummaryStore:
 
     def add(self, summary: dict[str, Tensor]) -> None:
         summary = {k: v.detach().to("cpu").contiguous().clone() for k, v in summary.items()}
-        self.bytes += sum(t.numel() * t.element_size() for t in summary.values())
         if self._dir is None:
             self._memory.append(summary)
         else:
             path = os.path.join(self._dir.name, f"{len(self._files)}.safetensors")
             save_file(summary, path)
             self._files.append(path)
-
-    def __len__(self) -> int:
-        return len(self._memory) + len(self._files)
 
     def get(self, t: int, rows: slice | None = None) -> dict[str, Tensor]:
         if self._dir is None:

@@ -21,7 +21,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_tensorsim.adapter import as_view
+from tl_tensorsim.adapter import ModelLike, as_view
 from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
 from tl_tensorsim.checks import check_choice
 from tl_tensorsim.factored import DEFAULT_MEMORY_BUDGET, Method, pairwise_kernel
@@ -29,15 +29,13 @@ from tl_tensorsim.linalg import chunk_ranges, cosine_from_parts
 from tl_tensorsim.similarity.baselines import head_outputs, raw_weight_vectors
 from tl_tensorsim.similarity.checkpoint_io import SummaryStore, resolve_checkpoints
 from tl_tensorsim.similarity.heads import (
-    Circuit,
-    HeadMetric,
-    Level,
     circuit_factors,
     resolve_positions,
     token_metrics,
     token_parts,
     warn_processing,
 )
+from tl_tensorsim.similarity.results import Circuit, HeadMetric, Level
 
 
 @dataclass(repr=False)
@@ -167,7 +165,7 @@ def checkpoint_similarity(
     metric: HeadMetric = "tensor",
     checkpoint_indices: list[int] | None = None,
     steps: list | None = None,
-    model: Any = None,
+    model: ModelLike | None = None,
     tokens: Int[Tensor, "batch pos"] | None = None,
     positions: bool | int = False,
     pairs: str = "all",

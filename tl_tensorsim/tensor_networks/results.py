@@ -150,9 +150,6 @@ class TensorSimilarityMatrix(Artifact):
         """Similarity of every checkpoint to the last one, `(T,)`."""
         return self.values[:, -1].clone()
 
-    def similarity_to(self, index: int) -> Tensor:
-        return self.values[:, index].clone()
-
     def index_of_step(self, step: int) -> int:
         """Index of the checkpoint whose step is closest to `step`."""
         if self.steps is None:

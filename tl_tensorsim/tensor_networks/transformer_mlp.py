@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tl_tensorsim.adapter import as_view
+from tl_tensorsim.adapter import ModelLike, as_view
 from tl_tensorsim.models.bilinear import BilinearLayer
 from tl_tensorsim.models.tensor_network import HookedTensorNetwork
 
@@ -98,7 +98,7 @@ def bilinear_config(*, bridge: bool | None = None, **kwargs: Any) -> Any:
     return TransformerBridgeConfig(**fields)
 
 
-def extract_mlp(model: Any, layer: int) -> BilinearLayer:
+def extract_mlp(model: ModelLike, layer: int) -> BilinearLayer:
     """Block `layer`'s MLP of a `HookedTransformer` / `TransformerBridge` as a `BilinearLayer`, as a function of
     the MLP's own input (after `ln2`, i.e. `blocks.{layer}.hook_mlp_in` / `ln2.hook_normalized`).
 
@@ -126,12 +126,12 @@ def extract_mlp(model: Any, layer: int) -> BilinearLayer:
     return BilinearLayer(L=W_gate.T.clone(), R=W_in.T.clone(), D=W_out.T.clone(), b_out=b_out.clone())
 
 
-def extract_mlps(model: Any) -> list[BilinearLayer]:
+def extract_mlps(model: ModelLike) -> list[BilinearLayer]:
     """Every block's MLP as a `BilinearLayer` (see `extract_mlp`)."""
     return [extract_mlp(model, layer) for layer in range(as_view(model).cfg.n_layers)]
 
 
-def non_polynomial_parts(model: Any) -> list[str]:
+def non_polynomial_parts(model: ModelLike) -> list[str]:
     """Human-readable list of the model's parts that are not polynomial (empty for a tensor network)."""
     if isinstance(model, HookedTensorNetwork):
         return []
@@ -148,7 +148,7 @@ def non_polynomial_parts(model: Any) -> list[str]:
     return parts
 
 
-def check_polynomial(model: Any, argument: str = "model") -> None:
+def check_polynomial(model: ModelLike, argument: str = "model") -> None:
     """Raise `NotPolynomialError` unless `model` is a pure tensor network."""
     parts = non_polynomial_parts(model)
     if parts:
