@@ -23,6 +23,7 @@ threads only add synchronisation (on a shared, loaded 2-core machine a training 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import shutil
 import sys
@@ -167,7 +168,7 @@ def train_loop(
         raise ValueError(f"checkpoint_every: expected an integer >= 1 or None; got {checkpoint_every!r}")
     if (resume or checkpoint_every is not None) and checkpoint_dir is None:
         raise ValueError("checkpoint_dir: resume=True and checkpoint_every need a folder for the checkpoints; got None")
-    settings = config.to_dict() if hasattr(config, "to_dict") else config
+    settings = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=str))
     with limit_threads(threads):
         loop = _Loop(model, optimizer, scheduler, torch.Generator().manual_seed(seed), config, settings, steps)
         if checkpoint_dir is not None:

@@ -60,3 +60,27 @@ def test_cache_folder_honours_the_environment(tmp_path, monkeypatch):
     assert registry.default_out("grokking") == tmp_path / "xdg" / "tl_tensorsim" / "grokking"
     monkeypatch.setenv("TL_TENSORSIM_CACHE", str(tmp_path / "mine"))
     assert registry.default_out("grokking") == tmp_path / "mine" / "grokking"
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("grokking", {"p": 7, "d_hidden": 8, "steps": 6, "batch_size": 16, "n_checkpoints": 3}),
+        ("backdoor", {"d_hidden": 8, "clean_steps": 4, "poison_steps": 2, "every": 3, "batch_size": 16}),
+    ],
+)
+def test_every_registered_model_trains_into_a_folder_resumes_and_loads(name, overrides, tmp_path):
+    import torch
+
+    from tl_tensorsim.training import load_run
+
+    module = registry.get(name)
+    config = registry.make_config(name, overrides)
+    path = registry.train_and_save(name, config, tmp_path, checkpoint_every=2, progress=False)
+    assert path == tmp_path / "model"
+    first = module.load_default(tmp_path)
+    again = registry.train_and_save(name, config, tmp_path, resume=True, progress=False)  # finished: nothing to redo
+    for k, v in module.load_default(again).state_dict().items():
+        assert torch.equal(v, first.state_dict()[k]), k
+    run = load_run(tmp_path / "checkpoints", module.load(path), config)
+    assert run.steps[0] == 0 and len(run.checkpoints) == len(run.history) >= 2
