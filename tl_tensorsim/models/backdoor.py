@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tl_tensorsim.artifacts import DictConfig
 from tl_tensorsim.models import registry
-from tl_tensorsim.models.tensor_network import HookedTensorNetwork, bilinear_classifier
+from tl_tensorsim.models.tensor_network import HookedTensorNetwork, bilinear_classifier, load_network, save_network
 from tl_tensorsim.training import Losses, TrainingRun, train_loop
 
 # the model registry (`tl-tensorsim train backdoor`, see registry.py)
@@ -138,14 +137,8 @@ def train(
     )
 
 
-def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
-    """The trained network (`HookedTensorNetwork.save`)."""
-    return run.model.save(directory)
-
-
-def load(directory: str | os.PathLike, device: torch.device | str | None = None) -> HookedTensorNetwork:
-    """The network `save` wrote, in eval mode."""
-    return HookedTensorNetwork.load(directory, device=device).eval()
+save = save_network
+load = load_network
 
 
 def load_default(
@@ -153,4 +146,4 @@ def load_default(
 ) -> HookedTensorNetwork:
     """The network `tl-tensorsim train backdoor --out path` wrote; None: `registry.default_out("backdoor")`,
     trained there with the default settings if it is not there yet."""
-    return load(registry.model_folder("backdoor", path), device=device)
+    return load_network(registry.model_folder("backdoor", path), device=device)

@@ -336,3 +336,13 @@ def bilinear_classifier(d_in: int, d_hidden: int, d_out: int, seed: int | None, 
         d_in=d_in, d_hidden=d_hidden, d_out=d_out, seed=seed, model_name=name, n_layers=1, embed=False, down_proj=False
     )
     return HookedTensorNetwork(cfg)
+
+
+def save_network(run: Any, directory: str | os.PathLike) -> Path:
+    """A registry `save` for a trained network: `run.model.save(directory)` (a `TrainingRun` of one network)."""
+    return run.model.save(directory)
+
+
+def load_network(directory: str | os.PathLike, device: torch.device | str | None = None) -> HookedTensorNetwork:
+    """A registry `load`: the network `save_network` wrote, in eval mode."""
+    return HookedTensorNetwork.load(directory, device=device).eval()
