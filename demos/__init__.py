@@ -147,20 +147,7 @@ def run_demos(
         summary.append({"demo": name, "title": module.TITLE, "status": status, "seconds": seconds, **headline})
         if verbose:
             print(f"[tl-tensorsim] {name}: {status} in {seconds:.1f}s", flush=True)
-    rows = [
-        {
-            "demo": s["demo"],
-            "status": s["status"].split(":")[0],
-            "seconds": f"{s['seconds']:.1f}",
-            "headline": ", ".join(
-                f"{k}={_fmt(v)}"
-                for k, v in s.items()
-                if k not in ("demo", "title", "status", "seconds") and _fmt(v) is not None
-            ),
-        }
-        for s in summary
-    ]
-    head = Report(out_dir).text(f"Summary (`full={full}`):").table(rows)
+    head = Report(out_dir).text(f"Summary (`full={full}`; every value is in `summary.json`):").summary(summary)
     report.blocks[:0] = head.blocks  # the summary goes first
     path = report.write()
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -168,12 +155,3 @@ def run_demos(
     if failed:
         raise DemoFailed(failed, path)
     return path
-
-
-def _fmt(v: Any) -> str | None:
-    """A headline value for the summary table: numbers and short strings (lists and dicts are in summary.json)."""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (int, str)) and len(str(v)) <= 40:
-        return str(v)
-    return None

@@ -42,8 +42,9 @@ def _plot(mats: dict, run: Any, class_deltas: list[float]):
     fig, axes = plt.subplots(2, 3, figsize=(15, 9))
     boundary = sum(1 for s in run.steps if s <= run.config.clean_steps)
     phases = [("clean", 0, boundary - 1), ("poisoned", boundary, len(run.steps) - 1)]
+    vmin = min(0.0, *(float(m.values.min()) for m in mats.values()))  # one colour scale for every matrix
     for ax, (name, m) in zip(axes.flat, mats.items()):
-        m.plot(ax=ax, phases=phases, title=name)
+        m.plot(ax=ax, phases=phases, title=name, vmin=vmin)
     ax = axes[1, 1]
     ax.bar(range(10), class_deltas, color=["C3" if c == run.config.target else "C0" for c in range(10)])
     ax.set_xticks(range(10))
@@ -53,8 +54,10 @@ def _plot(mats: dict, run: Any, class_deltas: list[float]):
     ax = axes[1, 2]
     ax.plot(run.steps, run.metric("test_acc"), label="clean test accuracy")
     ax.plot(run.steps, run.metric("attack_success"), label="attack success rate")
-    ax.axvline(run.config.clean_steps, color="grey", ls="--", lw=0.8)
+    ax.axvline(run.config.clean_steps, color="grey", ls="--", lw=0.8, label="poisoning starts")
     ax.set_xlabel("step")
+    ax.set_ylabel("rate (fraction of inputs)")
+    ax.set_title("clean accuracy and attack success")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -48,7 +48,8 @@ def _plot(tn, wc, lc, run, phases):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 9))
-    tn.plot(ax=axes[0, 0], phases=phases, title="tensor similarity (frobenius)")
+    vmin = min(0.0, *(float(m.values.min()) for m in (tn, wc, lc)))  # one colour scale for the three matrices
+    tn.plot(ax=axes[0, 0], phases=phases, title="tensor similarity (frobenius)", vmin=vmin)
     ax = axes[0, 1]
     x = [s + 1 for s in run.steps]
     ax.plot(x, tn.to_final(), label="tensor similarity to final", lw=2)
@@ -61,10 +62,12 @@ def _plot(tn, wc, lc, run, phases):
         ax.text(x[a0], 1.02, name, fontsize=7, rotation=30)
     ax.set_xscale("log")
     ax.set_xlabel("step + 1")
+    ax.set_ylabel("similarity to final / accuracy")
+    ax.set_title("similarity to the final checkpoint, and accuracy", pad=22)
     ax.set_ylim(-0.05, 1.1)
     ax.legend(fontsize=7, loc="center left")
-    wc.plot(ax=axes[1, 0], phases=phases, title="baseline: weight cosine")
-    lc.plot(ax=axes[1, 1], phases=phases, title="baseline: logit cosine over all P² inputs")
+    wc.plot(ax=axes[1, 0], phases=phases, title="baseline: weight cosine", vmin=vmin)
+    lc.plot(ax=axes[1, 1], phases=phases, title="baseline: logit cosine over all P² inputs", vmin=vmin)
     fig.tight_layout()
     return fig
 

@@ -61,8 +61,9 @@ def _figure(results: dict, accuracy: list[float], steps: list[int], head: str, p
     ticks = list(range(0, len(steps), max(1, len(steps) // 7)))
     ax.set_xticks(ticks, [steps[t] for t in ticks], rotation=90)
     ax.set_yticks(ticks, [steps[t] for t in ticks])
+    ax.set(xlabel="checkpoint (training step)", ylabel="checkpoint (training step)")
     ax.set_title(f"induction head {head}: QK similarity, checkpoint x checkpoint")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="QK similarity")
     ax = axes[2]
     for name, res in results.items():
         ax.plot(steps, res.to_final[res.head_index(head)].numpy(), marker="o", ms=3, label=name)

@@ -70,12 +70,14 @@ def _plot_patterns(model: Any, tokens: Tensor, heads: list[tuple[int, int]]):
     import matplotlib.pyplot as plt
 
     _, cache = model.run_with_cache(tokens[:1], names_filter=lambda n: n.endswith("hook_pattern"))
-    fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads), 4))
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads) + 0.8, 4))
     for ax, (layer, h) in zip(axes, heads):
-        ax.imshow(cache[f"blocks.{layer}.attn.hook_pattern"][0, h].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, h].cpu().numpy()
+        im = ax.imshow(pattern, cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"L{layer}H{h} attention on BOS + A + A")
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
+    fig.colorbar(im, ax=axes, shrink=0.85, label="attention probability")
     return fig
 
 
@@ -107,6 +109,8 @@ def _plot_interchange(rows: list[dict[str, Any]]):
         x, [r["subspace"].replace(" (previous-token head)", " (prev)") for r in rows], rotation=30, ha="right"
     )
     ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy / attention")
+    ax.set_xlabel("interchanged subspace")
     ax.legend(fontsize=8)
     ax.set_title(f"interchange in {HOOK} at key positions, source: relabelled tokens")
     return fig

@@ -222,3 +222,45 @@ def test_failures_leave_no_hooks_and_no_files(model, tokens, tmp_path):
     finally:
         model.reset_hooks()
     assert no_hooks_left(model)
+
+
+def _tokens_per_pass(model, monkeypatch) -> list[int]:
+    """Spy: the token count of the activation the collected hook sees in each forward pass."""
+    seen: list[int] = []
+    original = model.run_with_hooks
+
+    def spy(tokens, fwd_hooks=(), **kwargs):
+        count = (fwd_hooks[0][0], lambda act, hook: seen.append(act.shape[0] * act.shape[1]))
+        return original(tokens, fwd_hooks=[*fwd_hooks, count], **kwargs)
+
+    monkeypatch.setattr(model, "run_with_hooks", spy)
+    return seen
+
+
+def test_batches_are_bounded_by_tokens(model, tokens, monkeypatch):
+    seen = _tokens_per_pass(model, monkeypatch)
+    expected = collect(model, tokens, RESID, batch_size=32, batch_tokens=None)
+    assert seen == [7 * 6]  # batch_size alone: one pass
+    seen.clear()
+    got = collect(model, tokens, RESID, batch_size=32, batch_tokens=13)  # 2 sequences of 6 per pass
+    assert seen == [12, 12, 12, 6] and torch.allclose(got, expected, atol=1e-6)
+    seen.clear()
+    collect(model, tokens, RESID, batch_size=1, batch_tokens=100)  # batch_size still bounds the sequences
+    assert seen == [6] * 7
+    seen.clear()
+    collect(model, tokens, RESID, batch_tokens=4)  # a sequence longer than the bound runs alone
+    assert seen == [6] * 7
+    with pytest.raises(ValueError, match="batch_tokens"):
+        collect(model, tokens, RESID, batch_tokens=0)
+
+
+def test_long_context_default_is_bounded_by_tokens(monkeypatch):
+    """The default `batch_size=32` with 512-token sequences would be 16k tokens a pass; the default bound is 8192."""
+    from tests.conftest import make_bridge
+
+    model = make_bridge(n_ctx=512)
+    long = torch.randint(0, 50, (20, 512), generator=torch.Generator().manual_seed(0))
+    seen = _tokens_per_pass(model, monkeypatch)
+    got = collect(model, long, "blocks.0.hook_resid_pre", -1)
+    assert seen == [16 * 512, 4 * 512] and max(seen) <= ts.activations.DEFAULT_BATCH_TOKENS == 8192
+    assert got.shape == (20, 32)

@@ -62,7 +62,7 @@ def test_failing_demo_is_noted_and_reported(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--out", str(tmp_path)]) == 1
     assert "demos failed: b" in capsys.readouterr().err
     text = (tmp_path / "report.md").read_text()
-    assert "## A" in text and "## B" in text and "RuntimeError: boom" in text and "x=1.5" in text
+    assert "## A" in text and "## B" in text and "RuntimeError: boom" in text and "| x | 1.5 |" in text
     assert text.index("| demo |") < text.index("## A")  # the summary table comes first
     path = demos.run_demos(["a"], tmp_path / "only_a", verbose=False)
     assert path.read_text().count("## ") == 1

@@ -31,3 +31,19 @@ def test_report_writes_markdown_tables_and_figures(tmp_path):
 def test_table_needs_columns_for_sequences(tmp_path):
     with pytest.raises(ValueError, match="columns"):
         Report(tmp_path).table([[1, 2]])
+
+
+def test_summary_spells_out_each_headline_on_its_own_row(tmp_path):
+    runs = [
+        {"demo": "induction", "title": "I", "status": "ok", "seconds": 3.14159, "induction_acc": 0.99876,
+         "prev_token_head": "L0H0", "history": [1, 2], "train_seconds": 41.0, "delta": {"tensor": 0.13712},
+         "ov_token_jump_step": 600},
+        {"demo": "broken", "title": "B", "status": "failed: RuntimeError: boom", "seconds": 0.2},
+    ]  # fmt: skip
+    text = Report(tmp_path).summary(runs).render()
+    assert "| demo | status | time | headline | value |" in text
+    assert "| induction | ok | 3.1 s | induction accuracy | 0.999 |" in text
+    assert "|  |  |  | previous token head | L0H0 |" in text and "|  |  |  | train time (s) | 41 |" in text
+    assert "|  |  |  | delta: tensor | 0.137 |" in text and "|  |  |  | OV token jump step | 600 |" in text
+    assert "| broken | failed | 0.2 s |  |  |" in text
+    assert "=" not in text and "history" not in text  # no raw key=value pairs; lists stay in summary.json

@@ -1,8 +1,9 @@
 """`collect_activations`: stream a model's activations at one hook point into a `[n, d]` tensor.
 
-Batches run under `torch.no_grad()` with `stop_at_layer` set just past the hook's block (supported by both
-`HookedTransformer` and `TransformerBridge`), so later blocks and the unembedding are skipped. Rows are the
-selected `(sequence, position)` pairs in order, flattened. When the result would not fit in `max_memory_bytes`
+Batches (at most `batch_size` sequences and `batch_tokens` tokens each) run under `torch.no_grad()` with
+`stop_at_layer` set just past the hook's block (supported by both `HookedTransformer` and `TransformerBridge`), so
+later blocks and the unembedding are skipped. Rows are the selected `(sequence, position)` pairs in order,
+flattened. When the result would not fit in `max_memory_bytes`
 (or `out=` names a file) it is written as it comes to a `.npy` file and returned as a tensor view of that file
 (memory-mapped): a dataset larger than memory streams through.
 """
@@ -25,6 +26,7 @@ from tl_tensorsim.checks import as_token_tensor, check_token_range, checked_int
 from tl_tensorsim.positions import Positions, check_positions, normalize_positions, positions_mask
 
 DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
+DEFAULT_BATCH_TOKENS = 8192  # tokens per forward pass: at context 1024, 8 sequences (not batch_size = 32)
 TOKEN_COLUMNS = ("tokens", "input_ids")
 _NPY_HEADER_BYTES = 256  # reserved up front so the header can be written once the row count is known
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
@@ -91,20 +93,28 @@ class _Data:
                 yield _row_of(item, "tokens_or_dataset")
 
 
-def _batches(chunks: Iterator[Tensor], batch_size: int) -> Iterator[Tensor]:
-    """Regroup `[b, pos]` chunks into batches of at most `batch_size` rows of one length, in order."""
+def rows_per_batch(seq: int, batch_size: int, batch_tokens: int | None) -> int:
+    """Sequences of length `seq` per forward pass: at most `batch_size`, and at most `batch_tokens` tokens (at
+    least one sequence, however long)."""
+    return batch_size if batch_tokens is None else max(1, min(batch_size, batch_tokens // max(1, seq)))
+
+
+def _batches(chunks: Iterator[Tensor], batch_size: int, batch_tokens: int | None = None) -> Iterator[Tensor]:
+    """Regroup `[b, pos]` chunks into batches of one length, in order: at most `batch_size` rows and at most
+    `batch_tokens` tokens each (`rows_per_batch`)."""
     pending: list[Tensor] = []
     rows = 0
     for chunk in chunks:
         if pending and chunk.shape[1] != pending[0].shape[1]:
             yield torch.cat(pending)
             pending, rows = [], 0
+        limit = rows_per_batch(int(chunk.shape[1]), batch_size, batch_tokens)
         while chunk.shape[0]:
-            take = min(batch_size - rows, chunk.shape[0])
+            take = min(limit - rows, chunk.shape[0])
             pending.append(chunk[:take])
             rows += take
             chunk = chunk[take:]
-            if rows == batch_size:
+            if rows == limit:
                 yield torch.cat(pending) if len(pending) > 1 else pending[0]
                 pending, rows = [], 0
     if pending:
@@ -235,6 +245,7 @@ def collect_activations(
     positions: Positions = None,
     batch_size: int = 32,
     *,
+    batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     head: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -255,7 +266,11 @@ def collect_activations(
             switched on for the call and restored afterwards.
         positions: rows to keep, as in the hooks: None (every position), an int (`-1`: the last token), a
             `LongTensor[n_seq]` (one position per sequence) or a boolean mask `[n_seq, pos]`.
-        batch_size: sequences per forward pass.
+        batch_size: at most this many sequences per forward pass.
+        batch_tokens: at most this many tokens (sequences x positions) per forward pass, at least one sequence
+            (default 8192; None: `batch_size` alone). The activation memory of a forward pass grows with its token
+            count (and the attention pattern with sequences x positions²), so long contexts run in small batches:
+            at context 1024, 8 sequences per pass.
         head: for per-head hook points, keep one head (`[n, d_head]`); without it the rows are `[n, n_heads, d]`.
         device: where the tokens go (default: the model's device). The result is always on the CPU.
         dtype: the result's dtype (default: the activation's).
@@ -286,6 +301,8 @@ def collect_activations(
             raise ValueError(f"head: {head} is out of range for {hook_name!r} with {feature_shape[0]} heads")
     row_shape = feature_shape[1:] if head is not None else feature_shape
     batch_size = checked_int(batch_size, "batch_size", 1, "a positive int")
+    if batch_tokens is not None:
+        batch_tokens = checked_int(batch_tokens, "batch_tokens", 1, "a positive int or None")
     positions = normalize_positions(positions)
     data = _Data(tokens_or_dataset)
     check_positions(positions, n_ctx=view.cfg.n_ctx, batch=data.n_seq, seq=data.seq)
@@ -321,7 +338,7 @@ def collect_activations(
     try:
         kwargs: dict[str, Any] = {} if stop is None else {"stop_at_layer": stop}
         with view.gates(hook_name), torch.no_grad():  # a gated hook point is switched on for the call only
-            for tokens in _batches(data.chunks(batch_size), batch_size):
+            for tokens in _batches(data.chunks(batch_size), batch_size, batch_tokens):
                 b, seq = tokens.shape
                 if data.tensor is None:
                     if seq > view.cfg.n_ctx:

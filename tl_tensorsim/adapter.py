@@ -73,9 +73,21 @@ _PER_LAYER = {
     "W_out": "blocks.{l}.mlp.W_out",
     "b_in": "blocks.{l}.mlp.b_in",
     "b_out": "blocks.{l}.mlp.b_out",
+    "ln1_w": "blocks.{l}.ln1.w",  # LayerNorm / RMSNorm gains and biases: ones / zeros where the norm has none
+    "ln1_b": "blocks.{l}.ln1.b",
+    "ln2_w": "blocks.{l}.ln2.w",
+    "ln2_b": "blocks.{l}.ln2.b",
 }
-_GLOBAL = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U", "b_U": "unembed.b_U"}
+_GLOBAL = {
+    "W_E": "embed.W_E",
+    "W_pos": "pos_embed.W_pos",
+    "W_U": "unembed.W_U",
+    "b_U": "unembed.b_U",
+    "ln_final_w": "ln_final.w",
+    "ln_final_b": "ln_final.b",
+}
 WEIGHT_NAMES = tuple(_PER_LAYER) + tuple(_GLOBAL)
+_NORM_NAMES = ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln_final_w", "ln_final_b")
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -122,7 +134,9 @@ class ModelView:
 
     Weights come out detached in TransformerLens' layout: `W_Q/W_K/W_V` `[layer, head, d_model, d_head]`,
     `W_O` `[layer, head, d_head, d_model]`, `W_in` `[layer, d_model, d_mlp]`, `W_E` `[d_vocab, d_model]`,
-    `W_U` `[d_model, d_vocab]`, in the model's own dtype and device. `QK`/`OV` are `FactoredMatrix`
+    `W_U` `[d_model, d_vocab]`, in the model's own dtype and device. Normalisation parameters `ln1_w`, `ln1_b`,
+    `ln2_w`, `ln2_b` `[layer, d_model]`, `ln_final_w`, `ln_final_b` `[d_model]` are ones / zeros where the
+    normalisation has none (`LNPre`, `RMSPre`, no normalisation, or weights processed by `fold_ln`). `QK`/`OV` are `FactoredMatrix`
     objects of shape `[layer, head, d_model, d_model]`.
 
     Reading never changes the model. Running does only inside a call (gate flags switched on are switched back,
@@ -185,6 +199,11 @@ class ModelView:
         if name not in WEIGHT_NAMES:
             raise ValueError(f"weight name: expected one of {WEIGHT_NAMES}; got {name!r}")
         p = self._parameters()
+        if name in _NORM_NAMES and not self.has_weight(name):  # LNPre / RMSPre / none / processed: the identity
+            shape = (self.cfg.d_model,) if name.startswith("ln_final") else (self.cfg.n_layers, self.cfg.d_model)
+            ref = self.weight("W_E")
+            fill = torch.ones if name.endswith("_w") else torch.zeros
+            return fill(shape, dtype=dtype or ref.dtype, device=device if device is not None else ref.device)
         if name in _GLOBAL:
             key = _GLOBAL[name]
             if key not in p:

@@ -20,6 +20,53 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
+# words of headline keys spelled out in the summary table ("induction_acc" -> "induction accuracy")
+_WORDS = {
+    "acc": "accuracy",
+    "attn": "attention",
+    "prev": "previous",
+    "sim": "similarity",
+    "rep": "repeated",
+    "n": "number of",
+    **{w: w.upper() for w in ("tn", "qk", "ov")},
+}
+_SUMMARY_FIELDS = ("demo", "title", "status", "seconds")
+
+
+def headline_label(key: str) -> str:
+    """A headline key as words: `acc_patch_prev_token_subspace` -> `accuracy patch previous token subspace`,
+    `train_seconds` -> `train time (s)`."""
+    words = [_WORDS.get(word, word) for word in str(key).split("_")]
+    return " ".join(words[:-1] + ["time (s)"] if words[-1] == "seconds" and len(words) > 1 else words)
+
+
+def headline_value(value: Any) -> str | None:
+    """A headline value for the summary table: numbers (3 significant digits) and short strings; None for lists,
+    dicts and long strings (they are in summary.json)."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (int, str)) and len(str(value)) <= 40:
+        return str(value)
+    return None
+
+
+def headline_items(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """`(label, value)` for every scalar headline of a demo run; a dict of scalars gives one item per entry
+    (`delta: tensor`); lists and longer structures are left to summary.json."""
+    items = []
+    for key, value in run.items():
+        if key in _SUMMARY_FIELDS:
+            continue
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in entries:
+            shown = headline_value(v)
+            if shown is not None:
+                items.append((headline_label(key) + ("" if sub is None else f": {sub}"), shown))
+    return items
+
+
 class Report:
     """Collects markdown blocks and figures; `write()` renders `out_dir/report.md`.
 
@@ -59,6 +106,27 @@ class Report:
             lines.append(f"\n*{caption}*")
         self.blocks.append("\n".join(lines) + "\n")
         return self
+
+    def summary(self, runs: list[dict[str, Any]], caption: str | None = None) -> Report:
+        """A table of demo runs, one row per headline number (`{"demo", "status", "seconds", **headline}` each):
+        demo, status and time once per demo, then each scalar headline (`headline_items`) as words and its value;
+        lists are left to summary.json."""
+        rows = []
+        for run in runs:
+            items = headline_items(run) or [("", "")]
+            status = str(run.get("status", "")).split(":")[0]
+            for i, (label, value) in enumerate(items):
+                first = i == 0
+                rows.append(
+                    {
+                        "demo": run["demo"] if first else "",
+                        "status": status if first else "",
+                        "time": f"{run['seconds']:.1f} s" if first and "seconds" in run else "",
+                        "headline": label,
+                        "value": value,
+                    }
+                )
+        return self.table(rows, columns=["demo", "status", "time", "headline", "value"], caption=caption)
 
     def figure(self, fig: Any, name: str, caption: str = "") -> Path:
         """Save a matplotlib figure as `figures/NAME.png`, close it, and reference it in the report."""

@@ -156,3 +156,28 @@ def test_result_jump_plot_dataframe_save_load(run, tmp_path):
     back = CheckpointSimilarity.load(res.save(tmp_path / "ckpt"))
     assert torch.equal(back.values, res.values) and back.steps == res.steps and back.labels == res.labels
     assert "6 heads x 4 checkpoints" in repr(res)
+
+
+def test_plot_marks_pairs_not_computed_apart_from_zero(tmp_path):
+    """pairs="final" leaves NaN cells: drawn grey (opaque) with a legend entry, never the near-white of 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    values = torch.full((2, 3, 3), float("nan"), dtype=torch.float64)
+    values[:, -1, :] = values[:, :, -1] = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    values[:, 0, 0] = values[:, 1, 1] = 1.0
+    res = CheckpointSimilarity(values, ["L0H0", "L0H1"], [0, 10, 20], "QK", "residual", settings={"pairs": "final"})
+    fig = res.plot(head="L0H1", path=tmp_path / "final.png")
+    matrix_ax = fig.axes[1]
+    (image,) = matrix_ax.get_images()
+    assert image.get_array().mask[0, 1] and not image.get_array().mask[0, 2]  # the NaN cell is masked ...
+    missing, zero = image.to_rgba(image.get_array())[0, 1], image.to_rgba(0.0)
+    assert missing[3] == 1.0 and max(abs(a - b) for a, b in zip(missing, zero)) > 0.3  # ... and drawn opaque grey
+    assert tuple(missing) == pytest.approx(to_rgba("0.55"))
+    legend = [t.get_text() for t in matrix_ax.get_legend().get_texts()]
+    assert legend == ["not computed (pairs='final')"]
+    assert matrix_ax.get_xlabel() and matrix_ax.get_ylabel()  # the T x T panel names its axes
+    plt.close(fig)

@@ -110,3 +110,16 @@ def gaussian_one_layer(Ta: Tensor, Tb: Tensor, sigma: Tensor | None = None) -> f
         eb = torch.trace(B @ K) + B[0, 0]
         total += float(ea * eb + 2 * torch.trace(A @ K @ B @ K) + 4 * (A @ K @ B)[0, 0])
     return total
+
+
+def gaussian_quadrature(f: Callable[[Tensor], Tensor], g: Callable[[Tensor], Tensor], d_in: int, degree: int) -> float:
+    """`E_{x~N(0, I)}[f(x)ᵀ g(x)]` exactly for polynomial networks, by a tensor-product Gauss-Hermite rule with
+    `degree // 2 + 1` points per coordinate (exact when `fᵀg` has degree <= `degree` in each coordinate)."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(degree // 2 + 1)
+    weights = weights / weights.sum()
+    X = torch.tensor(list(itertools.product(nodes, repeat=d_in)), dtype=torch.float64)
+    W = torch.tensor([float(np.prod(w)) for w in itertools.product(weights, repeat=d_in)], dtype=torch.float64)
+    with torch.no_grad():
+        return float((W * (f(X) * g(X)).sum(-1)).sum())

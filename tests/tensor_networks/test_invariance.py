@@ -13,7 +13,7 @@ from tests.tensor_networks.helpers import (
     rescale_hidden,
     swap_left_right,
 )
-from tl_tensorsim.tensor_networks import HookedTensorNetwork, LinearLayer, tensor_similarity
+from tl_tensorsim.tensor_networks import BilinearLayer, HookedTensorNetwork, LinearLayer, tensor_similarity
 
 TOL = 1e-10
 CASES = [
@@ -115,3 +115,26 @@ def test_negative_control_input_and_output_basis(metric):
     )
     assert float(tensor_similarity(a, rotated_in, metric)) < 0.999
     assert float(tensor_similarity(a, swapped_out, metric)) < 0.999
+
+
+def test_frobenius_at_depth_two_is_not_a_function_of_the_polynomial():
+    """Two depth-2 networks computing the same polynomial x1² x2²: (x1², x2²) -> h1 h2 and (x1 x2, x1 x2) -> h1 h2.
+    Frobenius symmetrises each layer separately, and the first layers' forms (diagonal vs off-diagonal) are
+    orthogonal: it scores exactly 0. The Gaussian metric compares functions: exactly 1 (every sample agrees)."""
+    e1, e2 = torch.eye(2, dtype=torch.float64)
+    square_then_product = [
+        BilinearLayer(torch.stack([e1, e2]), torch.stack([e1, e2])),
+        BilinearLayer(e1[None], e2[None]),
+    ]
+    cross_then_product = [
+        BilinearLayer(torch.stack([e1, e1]), torch.stack([e2, e2])),
+        BilinearLayer(e1[None], e2[None]),
+    ]
+    a, b = (HookedTensorNetwork.from_layers(None, layers, None) for layers in (square_then_product, cross_then_product))
+    x = torch.randn(64, 2, dtype=torch.float64)
+    want = (x[:, 0] ** 2 * x[:, 1] ** 2)[:, None]
+    torch.testing.assert_close(a(x), want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(b(x), want, rtol=0, atol=1e-12)
+    assert abs(float(tensor_similarity(a, b, "frobenius"))) < 1e-12
+    gaussian = tensor_similarity(a, b, "gaussian", samples=4000, seed=0)
+    assert gaussian.method == "monte_carlo" and abs(float(gaussian) - 1) < 1e-9

@@ -120,3 +120,21 @@ def test_value_object_checks():
     u = torch.cat([torch.ones(1, dtype=torch.float64), x])
     y = Dp @ ((Lp @ u) * (Rp @ u))
     assert torch.allclose(y, torch.cat([torch.ones(1, dtype=torch.float64), x + lay(x)]))
+
+
+def test_value_objects_print_shapes_not_tensors():
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    layer = BilinearLayer(r(4, 5), r(4, 5), r(3, 4), b_out=r(3))
+    assert repr(layer) == "BilinearLayer(5 -> 4 hidden -> 3: L, R (4, 5), D (3, 4), biases out, float64)"
+    assert (
+        repr(BilinearLayer(r(4, 5), r(4, 5))) == "BilinearLayer(5 -> 4 hidden -> 4: L, R (4, 5), D = identity, float64)"
+    )
+    assert repr(LinearLayer(r(3, 2), r(3))) == "LinearLayer(2 -> 3, bias, float64)"
+    net = HookedTensorNetwork(
+        TensorNetworkConfig(d_in=6, d_model=4, d_hidden=8, n_layers=2, d_out=3, residual=True, dtype="float64")
+    )
+    text = repr(net.to_chain())
+    assert "depth 2: 6 -> embed 4 -> bilinear (residual) 4 -> bilinear (residual) 4 -> unembed 3, float64" in text
+    for obj in (layer, net.to_chain()):
+        assert "tensor(" not in repr(obj) and "\n" not in repr(obj) and str(obj) == repr(obj)

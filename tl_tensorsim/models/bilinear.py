@@ -45,6 +45,12 @@ def _cast(t: Tensor | None, dtype: torch.dtype | None, device: torch.device | st
     return None if t is None else t.detach().to(device=device, dtype=dtype)
 
 
+def _where(t: Tensor) -> str:
+    """`float64` or `float32, cuda:0`: the dtype, and the device when it is not the CPU."""
+    dtype = str(t.dtype).removeprefix("torch.")
+    return dtype if t.device.type == "cpu" else f"{dtype}, {t.device}"
+
+
 @dataclass(frozen=True)
 class LinearLayer:
     """An affine map `x -> W x + b`; `W`: `(d_out, d_in)` (nn.Linear layout), `b`: `(d_out,)` or None."""
@@ -70,6 +76,10 @@ class LinearLayer:
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> LinearLayer:
         return LinearLayer(_cast(self.W, dtype, device), _cast(self.b, dtype, device))
+
+    def __repr__(self) -> str:
+        bias = ", bias" if self.b is not None else ""
+        return f"LinearLayer({self.d_in} -> {self.d_out}{bias}, {_where(self.W)})"
 
     def padded(self) -> Float[Tensor, "d_out_plus_1 d_in_plus_1"]:
         """`[[1, 0], [b, W]]`: maps `[1; x]` to `[1; W x + b]`."""
@@ -164,6 +174,16 @@ class BilinearLayer:
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> BilinearLayer:
         return BilinearLayer(
             *(_cast(t, dtype, device) for t in (self.L, self.R, self.D, self.b_left, self.b_right, self.b_out))
+        )
+
+    def __repr__(self) -> str:
+        down = f"D {tuple(self.D.shape)}" if self.D is not None else "D = identity"
+        named = (("left", self.b_left), ("right", self.b_right), ("out", self.b_out))
+        biases = [name for name, b in named if b is not None]
+        bias = f", biases {'/'.join(biases)}" if biases else ""
+        return (
+            f"BilinearLayer({self.d_in} -> {self.d_hidden} hidden -> {self.d_out}: L, R {tuple(self.L.shape)}, "
+            f"{down}{bias}, {_where(self.L)})"
         )
 
     # ---------------------------------------------------------------- tensors
@@ -276,6 +296,14 @@ class TensorChain:
         for layer, r in zip(self.layers, self.residual):
             x = x + layer(x) if r else layer(x)
         return x if self.unembed is None else self.unembed(x)
+
+    def __repr__(self) -> str:
+        steps = [str(self.d_in)] + ([f"embed {self.embed.d_out}"] if self.embed is not None else [])
+        layers = [f"bilinear{' (residual)' if r else ''} {layer.d_out}" for layer, r in zip(self.layers, self.residual)]
+        steps += layers if len(layers) <= 4 else [*layers[:2], f"... {len(layers) - 3} more ...", layers[-1]]
+        steps += [f"unembed {self.unembed.d_out}"] if self.unembed is not None else []
+        name = f"{self.name!r}, " if self.name != "tensor network" else ""
+        return f"TensorChain({name}depth {self.depth}: {' -> '.join(steps)}, {str(self.dtype).removeprefix('torch.')})"
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> TensorChain:
         return replace(

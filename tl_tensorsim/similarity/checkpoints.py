@@ -37,6 +37,8 @@ from tl_tensorsim.similarity.heads import (
 )
 from tl_tensorsim.similarity.results import Circuit, HeadMetric, Level
 
+NOT_COMPUTED = "0.55"  # matplotlib grey for the cells of pairs that were not computed
+
 
 @dataclass(repr=False)
 class CheckpointSimilarity(Artifact):
@@ -105,8 +107,11 @@ class CheckpointSimilarity(Artifact):
 
     def plot(self, head: int | str | None = None, highlight: list | None = None, path=None, logx: bool = False):
         """Left: every head's similarity-to-final curve (`highlight`ed heads in colour). Right: the `T x T`
-        matrix of `head` (default: the head with the largest jump). Saved to `path` when given."""
+        matrix of `head` (default: the head with the largest jump); pairs not computed (`pairs="final"`) are grey,
+        with a legend entry, never the white of similarity 0. Saved to `path` when given."""
         import matplotlib.pyplot as plt
+        import numpy as np
+        from matplotlib.patches import Patch
 
         if head is None:
             head = max(range(len(self.labels)), key=lambda i: self.largest_jump(i)["delta"])
@@ -125,13 +130,21 @@ class CheckpointSimilarity(Artifact):
         if logx:
             ax1.set_xscale("symlog")
         ax1.legend(fontsize=8)
-        im = ax2.imshow(self.matrix(i).numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        matrix = self.matrix(i).numpy()
+        cmap = plt.get_cmap("RdBu_r").copy()
+        cmap.set_bad(NOT_COMPUTED)  # NaN: pairs not computed (pairs="final"), never the white of similarity 0
+        im = ax2.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
         T = len(self.steps)
         ticks = list(range(0, T, max(1, T // 10)))
         ax2.set_xticks(ticks, [str(self.steps[t]) for t in ticks], rotation=90, fontsize=7)
         ax2.set_yticks(ticks, [str(self.steps[t]) for t in ticks], fontsize=7)
+        ax2.set(xlabel="checkpoint (training step)", ylabel="checkpoint (training step)")
         ax2.set_title(f"{self.labels[i]}: checkpoint x checkpoint")
-        fig.colorbar(im, ax=ax2, fraction=0.046)
+        if np.isnan(matrix).any():
+            how = f" (pairs={self.settings['pairs']!r})" if "pairs" in self.settings else ""
+            missing = Patch(facecolor=NOT_COMPUTED, edgecolor="0.3", label=f"not computed{how}")
+            ax2.legend(handles=[missing], loc="upper left", bbox_to_anchor=(0, -0.18), fontsize=7, frameon=False)
+        fig.colorbar(im, ax=ax2, fraction=0.046, label="cosine similarity")
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -147,14 +160,16 @@ class CheckpointSimilarity(Artifact):
         )
 
 
-def _summary(view, circuit: str, level: str, metric: str, n_pos: int | None, tokens: Tensor | None) -> dict:
+def _summary(
+    view, circuit: str, level: str, metric: str, n_pos: int | None, tokens: Tensor | None, fold: bool = False
+) -> dict:
     """What one checkpoint contributes: `A`, `B` factors per head (`A` alone `[n_heads, 1, D]` for baselines)."""
     if metric == "raw_weight":
         return {"A": raw_weight_vectors(view, circuit)[:, None, :]}
     if metric == "behavioral":
         return {"A": head_outputs(view, tokens).flatten(1)[:, None, :]}
-    A, B = circuit_factors(view, circuit)
-    return {"A": A, "B": B, **(token_parts(view, circuit, n_pos) if level == "token" else {})}
+    A, B = circuit_factors(view, circuit, fold=fold)
+    return {"A": A, "B": B, **(token_parts(view, circuit, n_pos, fold) if level == "token" else {})}
 
 
 def checkpoint_similarity(
@@ -168,6 +183,7 @@ def checkpoint_similarity(
     model: ModelLike | None = None,
     tokens: Int[Tensor, "batch pos"] | None = None,
     positions: bool | int = False,
+    fold: bool = False,
     pairs: str = "all",
     from_pretrained_kwargs: dict | None = None,
     store: str = "auto",
@@ -185,8 +201,8 @@ def checkpoint_similarity(
             their names); a training run with `.checkpoints` (`TrainingRun`); or a sequence, oldest first, of
             models / ModelViews / state dicts / state-dict files / zero-argument callables returning a model, or
             of `(step, one of these)` pairs (the steps label the checkpoints). Every file is checked before work.
-        circuit, level, metric, positions, method, dtype, memory_budget: as in `head_similarity`
-            (`metric="behavioral"` needs `tokens`).
+        circuit, level, metric, positions, fold, method, dtype, memory_budget: as in `head_similarity`
+            (`metric="behavioral"` needs `tokens`; `fold` applies to `metric="tensor"`).
         steps: x-axis values (default: the run's step labels for a model name, the pairs' or file names' steps,
             else 0..T-1).
         model: for state dicts / files (either naming convention: TransformerLens names or a bridge's own): a
@@ -233,13 +249,14 @@ def checkpoint_similarity(
             raise ValueError(
                 f"checkpoints[{t}]: (layers, heads, d_model, d_head, d_vocab, n_ctx) = {shape} differs from checkpoints[0]: {arch}"
             )
-        summary = _summary(view, circuit, level, metric, n_pos, tokens)
+        summary = _summary(view, circuit, level, metric, n_pos, tokens, fold and metric == "tensor")
         if t == 0:
             st.plan(summary, T)
         st.add(summary)
         procs[f"checkpoint {steps[t]}"] = view.processing()
         del view, summary  # the model is freed here unless the caller holds it
-    warn_processing(procs, circuit, level)
+    if not (fold and metric == "tensor"):
+        warn_processing(procs, circuit, level)
     kw = dict(method=method, memory_budget=memory_budget)
     with torch.no_grad():
         if token_level:
@@ -250,6 +267,7 @@ def checkpoint_similarity(
     d = inner.diagonal(dim1=1, dim2=2)
     settings = {
         "positions": n_pos,
+        "fold": bool(fold and metric == "tensor"),
         "pairs": pairs,
         "dtype": str(dtype),
         "processing": next(iter(procs.values())),

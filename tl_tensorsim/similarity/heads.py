@@ -15,17 +15,22 @@ level also compares models of different widths that share a vocabulary.
 GL(d_head) gauges (`W_Q -> W_Q G, W_K -> W_K G^-T`; `W_V -> W_V G, W_O -> G^-1 W_O`) and by rescaling; the token
 level is also unchanged by any rotation of one model's residual stream applied consistently to all its weights.
 Raw weight cosines (`metric="raw_weight"`) are not. Softmax heads: equal circuits do not certify equal function
-through the softmax and LayerNorm; LayerNorm itself is not part of the circuits.
+through the softmax and LayerNorm.
+
+**What enters.** `W_Q`, `W_K`, `W_V`, `W_O` (and `W_E`, `W_pos`, `W_U` at the token level) only: biases are
+ignored, and LayerNorm gains are too unless `fold=True`.
 
 **Positions** (`positions=True` or a number of positions `n`): the circuits' input side runs over all
-(token, position) pairs, rows `W_E[t] + W_pos[p]`, i.e. the bilinear form over every query (t, p) and key
-(t', p'). Its Gram is exact and cheap:
+(token, position) pairs, rows `W_E[t] + W_pos[p]`, for QK (every query (t, p) and key (t', p')) and for OV (every
+source (t, p) the head reads from). Its Gram is exact and cheap:
 `X_a^T X_b = n W_E,a^T W_E,b + d_vocab W_pos,a^T W_pos,b + e_a p_b^T + p_a e_b^T` (`e`, `p`: column sums).
 
 **Weight processing.** `fold_ln` folds LayerNorm gains into `W_Q, W_K, W_V` (changes QK and OV);
 `center_writing_weights` centres `W_O` (OV) and `W_E`, `W_pos` (token level); `center_unembed` centres `W_U`
-(token-level OV); `refactor_factored_attn_matrices` keeps QK and OV. Compare models processed the same way: a
-warning is raised when the models record different processing.
+(token-level OV); `refactor_factored_attn_matrices` keeps QK and OV. Compare models processed the same way (a
+warning is raised when the models record different processing), or pass `fold=True`: the same algebra is then
+applied to the factors of both models on the fly (idempotent, so raw and processed copies agree to float
+precision).
 """
 
 from __future__ import annotations
@@ -46,17 +51,49 @@ from tl_tensorsim.similarity import baselines
 from tl_tensorsim.similarity.results import Circuit, HeadMetric, HeadSimilarity, Level
 
 
+def _norm_family(view: ModelView) -> str | None:
+    """ "LN" (LayerNorm, LNPre), "RMS" (RMSNorm, RMSPre) or None: what the residual stream is read through."""
+    norm = str(view.cfg.normalization_type or "")
+    return "LN" if norm.startswith("LN") else "RMS" if norm.startswith("RMS") else None
+
+
+def _fold_read(W: Tensor, gain: Tensor, family: str | None, axis: int) -> Tensor:
+    """TransformerLens' `fold_ln` on weights that read the normalised stream along `axis` (`d_model`): scale by
+    the gain (broadcast against `W`), then (LayerNorm only) remove the mean over `d_model`, which the centred input
+    never sees."""
+    if family is None:
+        return W
+    W = W * gain
+    return W - W.mean(axis, keepdim=True) if family == "LN" else W
+
+
 def circuit_factors(
-    view: ModelView, circuit: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    view: ModelView,
+    circuit: str,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    fold: bool = False,
 ) -> tuple[Float[Tensor, "n_heads d_model d_head"], Float[Tensor, "n_heads d_head d_model"]]:
     """`(A, B)` with `A @ B` the circuit of every head, heads flattened in `head_labels()` order:
     QK: `(W_Q, W_K^T)` (`B` a transposed view); OV: `(W_V, W_O)`. Model dtype and device unless given (then
-    stacked straight into `dtype` / `device`, one copy)."""
+    stacked straight into `dtype` / `device`, one copy).
+
+    `fold=True` applies TransformerLens' weight processing to the factors, not the model: `fold_ln` (each layer's
+    `ln1` gain folded into `W_Q`, `W_K`, `W_V`, which are then centred over `d_model` for LayerNorm) and
+    `center_writing_weights` (`W_O` centred over `d_model`, LayerNorm only). Idempotent: a processed model's factors
+    come back unchanged (its gains are ones), so a raw and a processed copy give the same circuits."""
     check_choice(circuit, Circuit, "circuit")
     if circuit == "QK":
         A, B = view.weight("W_Q", dtype, device), view.weight("W_K", dtype, device).transpose(-1, -2)
     else:
         A, B = view.weight("W_V", dtype, device), view.weight("W_O", dtype, device)
+    if fold:
+        family, gain = _norm_family(view), view.weight("ln1_w", dtype, device)  # [L, d_model]
+        A = _fold_read(A, gain[:, None, :, None], family, -2)
+        if circuit == "QK":
+            B = _fold_read(B, gain[:, None, None, :], family, -1)
+        elif family == "LN":
+            B = B - B.mean(-1, keepdim=True)
     return rearrange(A, "L H m r -> (L H) m r"), rearrange(B, "L H r n -> (L H) r n")
 
 
@@ -80,14 +117,24 @@ def resolve_positions(views: list[ModelView], positions: bool | int) -> int | No
     return positions
 
 
-def token_parts(view: ModelView, circuit: str, n_pos: int | None) -> dict[str, Tensor]:
+def token_parts(view: ModelView, circuit: str, n_pos: int | None, fold: bool = False) -> dict[str, Tensor]:
     """The weights a token-level circuit reads besides the head: `E = W_E`, `P = W_pos[:n_pos]` (positions),
-    `U = W_U` (OV only). Model dtype and device."""
-    parts = {"E": view.W_E}
+    `U = W_U` (OV only). Model dtype and device.
+
+    `fold=True`: as TransformerLens' processing, `W_E`, `W_pos` centred over `d_model` (`center_writing_weights`,
+    LayerNorm only), the `ln_final` gain folded into `W_U` (centred over `d_model` for LayerNorm), and `W_U` centred
+    over the vocabulary (`center_unembed`)."""
+    family = _norm_family(view) if fold else None
+    centre = (lambda W: W - W.mean(-1, keepdim=True)) if family == "LN" else (lambda W: W)  # noqa: E731
+    parts = {"E": centre(view.W_E)}
     if n_pos is not None:
-        parts["P"] = view.W_pos[:n_pos]
+        parts["P"] = centre(view.W_pos[:n_pos])
     if circuit == "OV":
-        parts["U"] = view.W_U
+        U = view.W_U
+        if fold:
+            U = _fold_read(U, view.weight("ln_final_w", U.dtype, U.device)[:, None], family, 0)
+            U = U - U.mean(-1, keepdim=True)
+        parts["U"] = U
     return parts
 
 
@@ -119,7 +166,7 @@ def warn_processing(procs: dict[str, dict], circuit: str, level: str, stacklevel
                 f"{ref_name} and {name} were processed differently "
                 f"({', '.join(f'{k}: {ref.get(k)} vs {p.get(k)}' for k in diff)}). fold_ln changes W_Q/W_K/W_V and "
                 "center_writing_weights changes W_O/W_E, so the similarity mixes processing with learning; load all "
-                "models with the same processing flags.",
+                "models with the same processing flags, or pass fold=True.",
                 UserWarning,
                 stacklevel=stacklevel,
             )
@@ -134,6 +181,7 @@ def head_similarity(
     *,
     metric: HeadMetric = "tensor",
     positions: bool | int = False,
+    fold: bool = False,
     tokens: Int[Tensor, "batch pos"] | None = None,
     method: Method = "auto",
     dtype: torch.dtype = torch.float64,
@@ -150,7 +198,12 @@ def head_similarity(
         metric: "tensor" (this method), or a baseline: "raw_weight" (cosine of the concatenated raw weights,
             not gauge-invariant) or "behavioral" (cosine of the heads' outputs on `tokens`); baselines ignore
             `level`.
-        positions: token level only: include `W_pos` (True: all n_ctx positions; an int: the first n).
+        positions: token level only: include `W_pos` in the circuits' input side, for QK and OV alike (True: all
+            n_ctx positions; an int: the first n).
+        fold: apply TransformerLens' `fold_ln` and `center_writing_weights` (and, at the token level,
+            `center_unembed`) to the factors on the fly, so that the LayerNorm gains count and a raw and a processed
+            copy of one model give the same circuits (self-similarity 1 to float precision); no processing warning
+            is then needed. Default False: the circuits as the model's weights show them.
         method: "auto" (by operation count), "factored" or "dense"; identical numbers.
         dtype: computation dtype (float64 default; float32 is faster on CPU and still returns float64).
         device: where to compute (default: model_a's device); results are float64 on the CPU.
@@ -158,6 +211,11 @@ def head_similarity(
 
     Returns:
         `HeadSimilarity` with `.values [n_heads_a, n_heads_b]` (rows/columns L0H0, L0H1, ...).
+
+    Only `W_Q`, `W_K`, `W_V`, `W_O` (and `W_E`, `W_pos`, `W_U` at the token level) enter: biases (`b_Q`, `b_K`,
+    `b_V`, `b_O`, the LayerNorm bias that `fold_ln` moves into them) are ignored, and so are LayerNorm gains unless
+    `fold=True`. Without it, a head of a raw and of a processed (`process_weights_`) copy of one model scores below 1
+    with itself (0.90-0.99 on the random LayerNorm models of the tests), with a warning.
     """
     check_choice(circuit, Circuit, "circuit")
     check_choice(metric, HeadMetric, "metric")
@@ -183,17 +241,18 @@ def head_similarity(
     n_pos = resolve_positions([va, vb], positions) if level == "token" else None
     proc_a = va.processing()
     procs = {"model_a": proc_a, "model_b": proc_a if same else vb.processing()}
-    warn_processing(procs, circuit, level)
+    if not fold:
+        warn_processing(procs, circuit, level)
     device = torch.device(device) if device is not None else va.device
-    Aa, Ba = (t[None] for t in circuit_factors(va, circuit, dtype, device))
-    Ab, Bb = (None, None) if same else (t[None] for t in circuit_factors(vb, circuit, dtype, device))
+    Aa, Ba = (t[None] for t in circuit_factors(va, circuit, dtype, device, fold))
+    Ab, Bb = (None, None) if same else (t[None] for t in circuit_factors(vb, circuit, dtype, device, fold))
     kw = dict(method=method, memory_budget=memory_budget)
     with torch.no_grad():
         if level == "residual":
             Gaa = Gab = Gbb = Haa = Hab = Hbb = None
         else:
-            pa = token_parts(va, circuit, n_pos)
-            pb = pa if same else token_parts(vb, circuit, n_pos)
+            pa = token_parts(va, circuit, n_pos, fold)
+            pb = pa if same else token_parts(vb, circuit, n_pos, fold)
             Gab, Hab = token_metrics(pa, pb, dtype, device)
             Gaa, Haa = (Gab, Hab) if same else token_metrics(pa, pa, dtype, device)
             Gbb, Hbb = (Gab, Hab) if same else token_metrics(pb, pb, dtype, device)
@@ -212,6 +271,7 @@ def head_similarity(
         "model_a": va.cfg.model_name,
         "model_b": vb.cfg.model_name,
         "positions": n_pos,
+        "fold": fold,
         "dtype": str(dtype),
         "processing_a": procs["model_a"],
         "processing_b": procs["model_b"],

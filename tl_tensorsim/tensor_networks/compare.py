@@ -177,7 +177,8 @@ def tensor_similarity(
             every slice at once as a `PerOutputSimilarity`.
         sigma: input covariance `(d_in, d_in)` in place of the identity.
         method: `"auto"`, `"exact"` or `"monte_carlo"` (gaussian only); `samples`, `seed`, `batch_size` set the
-            Monte Carlo run (its standard error is `.stderr`).
+            Monte Carlo run (its standard error is `.stderr`): `samples` forward passes per network, as random
+            directions each integrated exactly along its line (`montecarlo.radial_rule`).
         device, dtype: where and in which precision to compute (default: a's device, float64).
 
     Returns: a `TensorValue` (a float with `.stderr`, `.metric`, `.method`), a `PerOutputSimilarity`, or for

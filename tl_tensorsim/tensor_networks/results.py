@@ -179,25 +179,35 @@ class TensorSimilarityMatrix(Artifact):
         return pd.DataFrame(self.values.double().numpy(), index=self.labels, columns=self.labels)
 
     def plot(
-        self, ax: Any = None, phases: Sequence[tuple[str, int, int]] | None = None, title: str | None = None
+        self,
+        ax: Any = None,
+        phases: Sequence[tuple[str, int, int]] | None = None,
+        title: str | None = None,
+        vmin: float | None = None,
+        vmax: float = 1.0,
     ) -> Any:
-        """Heatmap of the matrix, with phase boundaries and names; returns the matplotlib Axes."""
+        """Heatmap of the matrix, with phase boundaries and names (white on a dark box: readable on any colour);
+        returns the matplotlib Axes. `vmin` (default `min(0, smallest value)`) and `vmax`: the colour scale; pass
+        the same to every panel of a figure so that one colour means one similarity."""
         import matplotlib.pyplot as plt
 
         if ax is None:
             _, ax = plt.subplots(figsize=(5.5, 4.8))
-        im = ax.imshow(self.values.double().numpy(), cmap="viridis", vmin=min(0.0, float(self.values.min())), vmax=1)
-        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        vmin = min(0.0, float(self.values.min())) if vmin is None else vmin
+        im = ax.imshow(self.values.double().numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
+        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="similarity")
         ticks = list(range(0, self.T, max(1, self.T // 8)))
         ax.set_xticks(ticks, [self.labels[i] for i in ticks], rotation=60, fontsize=7)
         ax.set_yticks(ticks, [self.labels[i] for i in ticks], fontsize=7)
+        box = dict(boxstyle="round,pad=0.2", facecolor="black", alpha=0.65, linewidth=0)
         for name, a0, a1 in phases or []:
             for edge in (a0 - 0.5, a1 + 0.5):
                 ax.axhline(edge, color="white", lw=0.6)
                 ax.axvline(edge, color="white", lw=0.6)
-            ax.text((a0 + a1) / 2, a0, name, color="white", ha="center", va="top", fontsize=7)
+            ax.text((a0 + a1) / 2, a0, name, color="white", ha="center", va="top", fontsize=7, bbox=box)
         ax.set_title(title or f"tensor similarity ({self.metric})")
-        ax.set_xlabel("checkpoint" + (" (step)" if self.steps is not None else ""))
+        axis = "checkpoint" + (" (step)" if self.steps is not None else "")
+        ax.set(xlabel=axis, ylabel=axis)
         return ax
 
     def __repr__(self) -> str:
