@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -88,23 +87,6 @@ _GLOBAL = {
 }
 WEIGHT_NAMES = tuple(_PER_LAYER) + tuple(_GLOBAL)
 _NORM_NAMES = ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln_final_w", "ln_final_b")
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
-
-
-_FEATURE_RULES = (
-    (re.compile(r"(^|\.)hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$"), ("d_model",)),
-    (re.compile(r"^hook_(embed|pos_embed)$"), ("d_model",)),
-    (re.compile(r"\.mlp\.hook_(pre|post|pre_linear)$"), ("d_mlp",)),
-    (re.compile(r"\.attn\.hook_(q|k|v|z)$"), ("n_heads", "d_head")),
-    (re.compile(r"\.attn\.hook_result$"), ("n_heads", "d_model")),
-)
-
-
-def _feature_rule(name: str) -> tuple[str, ...] | None:
-    for pattern, rule in _FEATURE_RULES:
-        if pattern.search(name):
-            return rule
-    return None
 
 
 @dataclass(frozen=True)
@@ -294,7 +276,7 @@ class ModelView:
         name = self.check_hook_name(name)
         point = self.model.hook_dict[name]
         for alias, other in self.model.hook_dict.items():
-            if other is point and _feature_rule(alias) is not None:
+            if other is point and model_run.feature_rule(alias) is not None:
                 return alias
         return name
 
@@ -303,7 +285,7 @@ class ModelView:
         residual stream, attn_out and mlp_out, `(d_mlp,)` for `mlp.hook_pre/post`, `(n_heads, d_head)` for
         `hook_q/k/v/z`, `(n_heads, d_model)` for `hook_result`. Raises `ValueError` for hooks without a
         feature axis (patterns, scores, LayerNorm scales)."""
-        rule = _feature_rule(self.canonical_hook_name(name))
+        rule = model_run.feature_rule(self.canonical_hook_name(name))
         if rule is None:
             raise ValueError(
                 f"hook_name: {name!r} has no feature axis (supported: resid_pre/mid/post, attn_out, mlp_out, "
@@ -315,7 +297,7 @@ class ModelView:
 
     def hook_layer(self, name: str) -> int | None:
         """The block index a hook name lives in (`blocks.4.hook_resid_post` -> 4), None outside blocks."""
-        m = _LAYER_RE.match(name)
+        m = model_run.LAYER_RE.match(name)
         return int(m.group(1)) if m else None
 
     # --------------------------------------------------------------- build / load

@@ -29,6 +29,26 @@ from torch import Tensor
 
 from tl_tensorsim.checks import as_token_tensor, check_token_range, checked_int
 
+LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+FEATURE_RULES = (
+    (re.compile(r"(^|\.)hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$"), ("d_model",)),
+    (re.compile(r"^hook_(embed|pos_embed)$"), ("d_model",)),
+    (re.compile(r"\.mlp\.hook_(pre|post|pre_linear)$"), ("d_mlp",)),
+    (re.compile(r"\.attn\.hook_(q|k|v|z)$"), ("n_heads", "d_head")),
+    (re.compile(r"\.attn\.hook_result$"), ("n_heads", "d_model")),
+)
+
+
+def feature_rule(name: str) -> tuple[str, ...] | None:
+    """The config fields that give the feature shape at hook `name` (`("n_heads", "d_head")` for `hook_z`)."""
+    for pattern, rule in FEATURE_RULES:
+        if pattern.search(name):
+            return rule
+    return None
+
+
 # hook-name suffix -> the config flag that gates it (the setter is `model.set_<flag>`)
 _GATES = (
     ("attn.hook_result", "use_attn_result"),
