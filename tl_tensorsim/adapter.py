@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -106,6 +107,7 @@ class ModelConfig:
     positional_embedding_type: str
     gated_mlp: bool
     model_name: str
+    attn_scale: float = 1.0  # attention scores are divided by this (√d_head unless the config says otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,8 +152,14 @@ class ModelView:
             positional_embedding_type=str(getattr(c, "positional_embedding_type", "standard")),
             gated_mlp=bool(getattr(c, "gated_mlp", False)),
             model_name=str(getattr(c, "model_name", None) or getattr(model, "model_name", None) or "unnamed"),
+            attn_scale=_attention_scale(kind, c),
         )
         self._params: dict[str, Tensor] | None = None
+
+    def config_value(self, name: str, default: Any = None) -> Any:
+        """A TransformerLens config field not in `cfg` (e.g. `use_qk_norm`, `attn_scores_soft_cap`), or `default`
+        where this model's config has no such field; analyses read configs through this, never `model.cfg`."""
+        return getattr(self.model.cfg, name, default)
 
     # ----------------------------------------------------------------- weights
     def _parameters(self) -> dict[str, Tensor]:
@@ -391,6 +399,18 @@ class ModelView:
             f"ModelView({self.kind} {c.model_name!r}: {c.n_layers} layers x {c.n_heads} heads, d_model={c.d_model}, "
             f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab})"
         )
+
+
+def _attention_scale(kind: str, c: Any) -> float:
+    """The number attention scores are divided by: `cfg.attn_scale` when `use_attn_scale` and positive (the bridge's
+    native model reads a non-positive value as √d_head), 1 for a HookedTransformer with `use_attn_scale=False`,
+    else √d_head."""
+    value = getattr(c, "attn_scale", -1.0)
+    if getattr(c, "use_attn_scale", True) and value is not None and float(value) > 0:
+        return float(value)
+    if kind == "HookedTransformer" and not getattr(c, "use_attn_scale", True):
+        return 1.0
+    return math.sqrt(int(c.d_head))
 
 
 def _rows_centred(w: Tensor) -> bool:

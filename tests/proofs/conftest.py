@@ -1,0 +1,13 @@
+"""The proofs work on tiny tensors: one torch thread is fastest (and restored after the package's tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tl_tensorsim.training import limit_threads
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_thread():
+    with limit_threads(1):
+        yield
