@@ -1,4 +1,4 @@
-"""The paper's grokking model: modular addition as a tensor network (arXiv 2605.15183, §5.1 of the notes).
+"""The paper's grokking model: modular addition as a tensor network (arXiv 2605.15183, the modular-arithmetic study).
 
 P = 113, input the one-hot pair `[e_a; e_b]` (2P = 226 dims), Bilinear(226 -> 64) then Linear(64 -> 113), no bias;
 AdamW lr 1e-3, weight decay 0.3, batch 512, 30% of the P² pairs for training, 100k steps, seed 1337, checkpoints on
