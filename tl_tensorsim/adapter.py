@@ -386,7 +386,7 @@ class ModelView:
         return model_run.forward_between(self, hook_in, hook_out, tokens)
 
     def run_from(
-        self, hook_name: str, activation: Tensor, tokens: Int[Tensor, "batch pos"]
+        self, hook_name: str, activation: Float[Tensor, "batch pos *d"], tokens: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """The logits `[batch, pos, d_vocab]` when the activation at `hook_name` is replaced by `activation` (its
         shape at that hook for `tokens`); the rest of the forward pass reads `tokens`. With the cached activation

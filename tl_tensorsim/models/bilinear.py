@@ -155,7 +155,9 @@ class BilinearLayer:
         return torch.eye(self.d_hidden, dtype=self.L.dtype, device=self.L.device)
 
     # ---------------------------------------------------------------- forward
-    def hidden(self, x: Float[Tensor, "... d_in"]) -> tuple[Tensor, Tensor]:
+    def hidden(
+        self, x: Float[Tensor, "... d_in"]
+    ) -> tuple[Float[Tensor, "... d_hidden"], Float[Tensor, "... d_hidden"]]:
         """The two pre-activations `(L x + b_left, R x + b_right)`."""
         left, right = x @ self.L.T, x @ self.R.T
         if self.b_left is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -69,11 +69,11 @@ class CheckpointSimilarity(Artifact):
         return int(head)
 
     @property
-    def to_final(self) -> Tensor:
+    def to_final(self) -> Float[Tensor, "n_heads T"]:
         """`[n_heads, T]`: each head's similarity to itself at the final checkpoint."""
         return self.values[:, -1, :]
 
-    def matrix(self, head: int | str) -> Tensor:
+    def matrix(self, head: int | str) -> Float[Tensor, "T T"]:
         """`[T, T]` similarity matrix of one head (index or label such as "L1H3")."""
         return self.values[self.head_index(head)]
 

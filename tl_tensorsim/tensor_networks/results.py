@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
@@ -146,7 +147,7 @@ class TensorSimilarityMatrix(Artifact):
     def T(self) -> int:
         return int(self.values.shape[0])
 
-    def to_final(self) -> Tensor:
+    def to_final(self) -> Float[Tensor, " T"]:
         """Similarity of every checkpoint to the last one, `(T,)`."""
         return self.values[:, -1].clone()
 
@@ -165,7 +166,7 @@ class TensorSimilarityMatrix(Artifact):
             mask &= r[:, None] != c[None, :]
         return float(block[mask].mean()) if mask.any() else float("nan")
 
-    def phase_means(self, phases: Sequence[tuple[str, int, int]]) -> Tensor:
+    def phase_means(self, phases: Sequence[tuple[str, int, int]]) -> Float[Tensor, "n_phases n_phases"]:
         """`(P, P)` mean similarity between phase blocks (diagonal blocks exclude self-pairs)."""
         out = torch.zeros(len(phases), len(phases), dtype=torch.float64)
         for i, (_, a0, a1) in enumerate(phases):
