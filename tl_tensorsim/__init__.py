@@ -15,13 +15,14 @@ Importing `tl_tensorsim` changes no global state of TransformerLens: `ts.registe
 by `ts.bilinear_config`) adds `act_fn="identity"`, with which `gated_mlp=True` MLPs are bilinear.
 """
 
-from tl_tensorsim import circuits, hooks, proofs
+from tl_tensorsim import circuits, hooks, ndm, proofs
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import ModelConfig, ModelLike, ModelView, as_view
 from tl_tensorsim.artifacts import Artifact, Provenance, load, load_artifact, save_artifact
 from tl_tensorsim.models.induction import InductionConfig, induction_accuracy
 from tl_tensorsim.models.induction import load_default as load_induction_model
 from tl_tensorsim.models.induction import train as train_induction_model
+from tl_tensorsim.ndm import SubspacePartition, fit_ndm, subspace_mutual_information
 from tl_tensorsim.proofs import ProofComparison, ProofResult
 from tl_tensorsim.report import Report
 from tl_tensorsim.similarity import (
@@ -51,6 +52,10 @@ from tl_tensorsim.tensor_networks import (
 from tl_tensorsim.training import TrainingRun, limit_threads, load_run, train_loop
 
 __all__ = [
+    "SubspacePartition",
+    "fit_ndm",
+    "ndm",
+    "subspace_mutual_information",
     "ModelLike",
     "ProofComparison",
     "ProofResult",
