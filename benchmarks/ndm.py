@@ -212,7 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pools", type=int, nargs="+", default=[100_000, 400_000])
     parser.add_argument("--refresh-every", type=int, default=8)
-    parser.add_argument("--rerank", type=int, default=1)
+    parser.add_argument("--rerank", type=int, default=4)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default refresh_every + 1)")
     parser.add_argument("--quick", action="store_true", help="pool 20,000 only")
     args = parser.parse_args()

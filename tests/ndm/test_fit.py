@@ -15,7 +15,9 @@ def blocks_data(n=1500, seed=0):
     """Two independent 2-d blocks, each a noisy circle, mixed by a fixed rotation of R^4."""
     g = torch.Generator().manual_seed(seed)
     angles = 6.283 * torch.rand(n, 2, generator=g)
-    x = torch.cat([torch.cos(angles[:, :1]), torch.sin(angles[:, :1]), torch.cos(angles[:, 1:]), torch.sin(angles[:, 1:])], 1)
+    x = torch.cat(
+        [torch.cos(angles[:, :1]), torch.sin(angles[:, :1]), torch.cos(angles[:, 1:]), torch.sin(angles[:, 1:])], 1
+    )
     x = x + 0.05 * torch.randn(n, 4, generator=g)
     mix = torch.linalg.qr(torch.randn(4, 4, generator=g)).Q
     return x @ mix.T
@@ -31,7 +33,9 @@ def test_exact_step_equals_the_loss():
     g, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     loss = state.batch_loss(0, g)
     ids = torch.randint(len(acts), (16,), generator=g2)
-    expected, _ = ndm_loss(acts[ids], acts, state.rotation.matrix(), [2, 1, 1], query_ids=ids, key_ids=torch.arange(300))
+    expected, _ = ndm_loss(
+        acts[ids], acts, state.rotation.matrix(), [2, 1, 1], query_ids=ids, key_ids=torch.arange(300)
+    )
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
 
 

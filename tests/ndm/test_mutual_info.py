@@ -69,7 +69,11 @@ def test_ksg_brute_force_formula():
             eps = torch.maximum(dist[i], dist[j]).min(1, keepdim=True).values
             n_i, n_j = (dist[i] < eps).sum(1).double(), (dist[j] < eps).sum(1).double()
             dg = torch.special.digamma
-            expected = dg(torch.tensor(1.0, dtype=torch.float64)) + dg(torch.tensor(301.0, dtype=torch.float64)) - (dg(n_i + 1) + dg(n_j + 1)).mean()
+            expected = (
+                dg(torch.tensor(1.0, dtype=torch.float64))
+                + dg(torch.tensor(301.0, dtype=torch.float64))
+                - (dg(n_i + 1) + dg(n_j + 1)).mean()
+            )
             assert abs(float(mi[i, j]) - float(expected)) < 1e-9
 
 

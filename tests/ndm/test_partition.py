@@ -51,7 +51,9 @@ def test_save_load_round_trip(tmp_path):
 
     prov = Provenance(models=("toy",), hooks=("blocks.0.hook_resid_post",), settings={"unit_size": 2, "lr": 3e-3})
     mi = torch.rand(3, 3, dtype=torch.float64)
-    part = SubspacePartition(random_orthogonal(6), (2, 2, 2), loss=1.25, mi=mi + mi.T, history={"step": [1, 2]}, provenance=prov)
+    part = SubspacePartition(
+        random_orthogonal(6), (2, 2, 2), loss=1.25, mi=mi + mi.T, history={"step": [1, 2]}, provenance=prov
+    )
     part.save(tmp_path / "p")
     for loaded in (SubspacePartition.load(tmp_path / "p"), artifacts.load(tmp_path / "p")):
         assert isinstance(loaded, SubspacePartition)

@@ -103,7 +103,7 @@ def train(
 ) -> TrainingRun:
     """Train with Adam (lr decaying linearly to `final_lr_factor` x) on MSE reconstruction of fresh batches, through
     `tl_tensorsim.training.train_loop` (batches from a generator seeded by `seed + 1`); the FVU on 4096 held-out
-    samples is evaluated ten times. `run.model` is the trained `SuperpositionModel`."""
+    samples is evaluated, and the state kept, eleven times. `run.model` is the trained `SuperpositionModel`."""
     cfg = cfg or SuperpositionConfig()
     model = SuperpositionModel(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -118,9 +118,10 @@ def train(
     def evaluate(step: int, losses: Losses) -> dict[str, float]:
         return {"fvu": fvu(model, held_out), "loss": losses.mean}
 
+    evals = set(range(0, cfg.steps + 1, max(1, cfg.steps // 10))) | {cfg.steps}
     return train_loop(
         model, opt, batch_loss, cfg.steps, seed=cfg.seed + 1, config=cfg, scheduler=sched, evaluate=evaluate,
-        eval_steps=set(range(0, cfg.steps + 1, max(1, cfg.steps // 10))) | {cfg.steps},
+        eval_steps=evals, keep_steps=evals,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         postfix={"fvu": ("fvu", ".3f")}, desc="superposition", progress=progress, threads=threads,
     )  # fmt: skip

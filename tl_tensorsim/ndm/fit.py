@@ -63,8 +63,15 @@ def _check_settings(s: NDMSettings, n: int, d: int) -> NDMSettings:
         "mi_keys",
     ):
         checked_int(getattr(s, name), name, 1, "a positive int")
-    for name in ("merge_start", "merge_interval", "stop_at_n_subspaces", "seed"):
-        checked_int(getattr(s, name), name, 0 if name in ("merge_start", "seed") else 1, "a non-negative int")
+    for name in ("merge_start", "seed", "reinit_every", "reinit_until"):
+        checked_int(getattr(s, name), name, 0, "a non-negative int")
+    for name in ("merge_interval", "stop_at_n_subspaces", "reinit_draws"):
+        checked_int(getattr(s, name), name, 1, "a positive int")
+    if s.reinit_every and s.sizes is None and s.merge_start <= s.reinit_until:
+        raise ValueError(
+            f"merge_start: merging starts after the re-initialisation phase (reinit_until={s.reinit_until}); got "
+            f"{s.merge_start}; pass merge_start > reinit_until"
+        )
     check_choice(s.parametrization, Parametrization, "parametrization")
     check_choice(s.dtype, ("float32", "float64"), "dtype")
     if s.sizes is not None:
@@ -96,12 +103,15 @@ def fit_ndm(
     merge_interval: int = 8_000,
     max_steps: int = 100_000,
     stop_at_n_subspaces: int = 1,
+    reinit_every: int = 0,
+    reinit_until: int = 0,
+    reinit_draws: int = 50,
     batch_size: int = 128,
     lr: float = 3e-4,
     grad_clip: float = 100.0,
     key_pool: int = 409_600,
     refresh_every: int = 8,
-    rerank: int = 8,
+    rerank: int = 4,
     parametrization: Parametrization = "cayley",
     mi_queries: int = 12_800,
     mi_keys: int = 98_304,
@@ -132,6 +142,10 @@ def fit_ndm(
         unit_size: width of the initial equal blocks (must divide d). sizes: a fixed partition instead (no merging).
         merge_threshold, merge_start, merge_interval: the merge schedule. max_steps: the step limit.
         stop_at_n_subspaces: never merge below this many subspaces (a check that cannot merge ends the fit).
+        reinit_every, reinit_until, reinit_draws: the paper's toy procedure against poor local minima (0: off):
+            every `reinit_every` steps up to `reinit_until`, keep the best R so far (loss averaged over
+            `reinit_draws` fixed draws of queries and keys), then randomly rotate the worst subspace together with
+            an MI-weighted partner; at `reinit_until` continue from the best R (merging must start after it).
         batch_size: queries per step. lr, grad_clip: Adam's learning rate and the gradient-norm clip.
         key_pool: candidate neighbours per query (random rows, redrawn at every refresh; all rows when fewer).
         refresh_every: steps between re-rotations of the key pool for the search; rerank: candidates per query and
@@ -168,7 +182,8 @@ def fit_ndm(
     settings = NDMSettings(
         unit_size=unit_size, sizes=None if sizes is None else tuple(int(s) for s in sizes),
         merge_threshold=merge_threshold, merge_start=merge_start, merge_interval=merge_interval, max_steps=max_steps,
-        stop_at_n_subspaces=stop_at_n_subspaces, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
+        stop_at_n_subspaces=stop_at_n_subspaces, reinit_every=reinit_every, reinit_until=reinit_until,
+        reinit_draws=reinit_draws, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
         key_pool=key_pool, refresh_every=refresh_every, rerank=rerank, parametrization=parametrization,
         mi_queries=mi_queries, mi_keys=mi_keys, seed=seed, dtype=str(dtype).removeprefix("torch."),
     )  # fmt: skip
@@ -207,11 +222,13 @@ def _train(
 ):
     """Run `state` through `train_loop`: an evaluation every `log_every` steps, at every merge check and at the end."""
     s = state.settings
-    merge_steps = set(s.merge_steps())
-    eval_steps = set(range(log_every, s.max_steps + 1, log_every)) | merge_steps | {s.max_steps}
+    merge_steps, reinit_steps = set(s.merge_steps()), set(s.reinit_steps())
+    eval_steps = set(range(log_every, s.max_steps + 1, log_every)) | merge_steps | reinit_steps | {s.max_steps}
 
     def evaluate(step: int, losses: Losses) -> dict[str, Any]:
         row: dict[str, Any] = {"loss": losses.mean, "n_subspaces": len(state.sizes)}
+        if step in reinit_steps:
+            row.update(state.reinit(step))
         if step in merge_steps and not state.done:
             row.update(state.merge_check(step))
         known = ~state.mi.diagonal().isnan()

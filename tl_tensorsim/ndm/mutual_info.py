@@ -65,14 +65,14 @@ def ksg_pairwise(
         for i in range(n_s - 1):
             joint = torch.maximum(dist[i : i + 1], dist[i + 1 :])  # [S-i-1, q, k]
             eps = joint.amin(-1, keepdim=True)
-            n_i = (dist[i : i + 1] < eps).sum(-1)
-            n_j = (dist[i + 1 :] < eps).sum(-1)
+            n_i = (dist[i : i + 1] < eps).sum(-1, dtype=torch.int32)
+            n_j = (dist[i + 1 :] < eps).sum(-1, dtype=torch.int32)
             k_tilde = torch.ones_like(n_i)
             tied = (eps[..., 0] == 0).nonzero(as_tuple=True)  # exact duplicates: the mixture rule
             if len(tied[0]):
-                k_tilde[tied] = (joint[tied] == 0).sum(-1)
-                n_i[tied] = (dist[i][tied[1]] == 0).sum(-1)
-                n_j[tied] = (dist[i + 1 :][tied] == 0).sum(-1)
+                k_tilde[tied] = (joint[tied] == 0).sum(-1, dtype=torch.int32)
+                n_i[tied] = (dist[i][tied[1]] == 0).sum(-1, dtype=torch.int32)
+                n_j[tied] = (dist[i + 1 :][tied] == 0).sum(-1, dtype=torch.int32)
             dg = torch.special.digamma
             psi = dg((n_i + 1).double()) + dg((n_j + 1).double()) - dg(k_tilde.double())
             psi_sum[i, i + 1 :] += psi.sum(-1)

@@ -271,6 +271,4 @@ def group_recovery(
     A group counts as recovered when `own` and `share` is high (the paper's toy reads >= 0.9)."""
     shares = partition.norm_shares(vectors, groups)
     best = shares.argmax(1).tolist()
-    return [
-        {"subspace": b, "share": float(shares[i, b]), "own": best.count(b) == 1} for i, b in enumerate(best)
-    ]
+    return [{"subspace": b, "share": float(shares[i, b]), "own": best.count(b) == 1} for i, b in enumerate(best)]

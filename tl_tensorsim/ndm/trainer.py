@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from tl_tensorsim.artifacts import DictConfig
 from tl_tensorsim.ndm.mutual_info import merge_pairs, merged_order, subspace_mutual_information
-from tl_tensorsim.ndm.objective import NeighbourSearch, OrthogonalRotation, nearest_orthogonal, neighbour_distances
+from tl_tensorsim.ndm.objective import (
+    NeighbourSearch,
+    OrthogonalRotation,
+    ndm_loss,
+    nearest_orthogonal,
+    neighbour_distances,
+)
 from tl_tensorsim.ndm.partition import SubspacePartition, mean_pairwise
 
 
@@ -38,12 +44,15 @@ class NDMSettings(DictConfig):
     merge_interval: int = 8_000
     max_steps: int = 100_000
     stop_at_n_subspaces: int = 1
+    reinit_every: int = 0
+    reinit_until: int = 0
+    reinit_draws: int = 50
     batch_size: int = 128
     lr: float = 3e-4
     grad_clip: float = 100.0
     key_pool: int = 409_600
     refresh_every: int = 8
-    rerank: int = 8
+    rerank: int = 4
     parametrization: str = "cayley"
     mi_queries: int = 12_800
     mi_keys: int = 98_304
@@ -53,6 +62,12 @@ class NDMSettings(DictConfig):
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped (`sizes` as a list), so that a checkpoint's stored settings compare equal."""
         return {**asdict(self), "sizes": None if self.sizes is None else list(self.sizes)}
+
+    def reinit_steps(self) -> list[int]:
+        """The steps after which the pair re-initialisation runs (the last one only reverts to the best R)."""
+        if not self.reinit_every:
+            return []
+        return sorted({*range(self.reinit_every, self.reinit_until + 1, self.reinit_every), self.reinit_until})
 
     def merge_steps(self) -> list[int]:
         """The steps after which a merge check runs (none with a fixed partition)."""
@@ -82,6 +97,8 @@ class NDMState(nn.Module):
         self.register_buffer("done_step", torch.tensor(-1))  # the step of the check that ended the fit
         self.register_buffer("mi", torch.full((self.d, self.d), torch.nan, dtype=torch.float64))  # [:S, :S]
         self.register_buffer("mi_step", torch.tensor(-1))
+        self.register_buffer("best_base", torch.eye(self.d, dtype=torch.float64, device=device))  # re-initialisation
+        self.register_buffer("best_per", torch.full((self.d,), torch.inf, dtype=torch.float64))  # [:S]
         self.search: NeighbourSearch | None = None
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "search", None))
         self.rotation.weight.register_hook(self._clip)  # clip_grad_norm_ of the one parameter, inside backward
@@ -170,8 +187,59 @@ class NDMState(nn.Module):
         columns, sizes = merged_order(self.sizes, pairs)
         base = nearest_orthogonal(self.rotation.matrix()[:, columns.to(self.device)])
         self.block_of.copy_(torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)))
+        self._restart(base)
+        return {**out, "sizes": list(sizes)}
+
+    def _restart(self, base: Tensor) -> None:
+        """Continue from `R = base` with a fresh Adam and a freshly drawn, rotated key pool."""
         self.rotation.rebase(base)
         self.optimizer.state.clear()
-        self.since_refresh.fill_(s.refresh_every)
+        self.since_refresh.fill_(self.settings.refresh_every)
         self.search = None
-        return {**out, "sizes": list(sizes)}
+
+    # ------------------------------------------------------------------------------------------- re-initialisation
+    def estimate_loss(self) -> tuple[float, Tensor]:
+        """The loss of the current R, averaged over `reinit_draws` fixed random draws of `batch_size` queries and
+        `key_pool` keys (the same draws at every call): `(loss, per_subspace)`."""
+        s = self.settings
+        g = torch.Generator().manual_seed(s.seed + 17)
+        rotation, total = self.rotation.matrix().to(self.device, self.dtype), 0.0
+        for _ in range(s.reinit_draws):
+            ids = torch.randperm(self.n, generator=g)[: s.batch_size + min(s.key_pool, self.n - s.batch_size)]
+            keys = ids[s.batch_size :].sort().values
+            _, per = ndm_loss(self._rows(ids[: s.batch_size]), self._rows(keys), rotation, self.sizes,
+                              query_ids=ids[: s.batch_size], key_ids=keys)  # fmt: skip
+            total = total + per.double().cpu()
+        per = total / s.reinit_draws
+        return float(per.mean()), per
+
+    def reinit(self, step: int) -> dict[str, Any]:
+        """The paper's toy procedure (arXiv 2508.01916, toy experiment): keep the best R seen so far (by
+        `estimate_loss`); then, before `reinit_until`, rotate the columns of the subspace with the highest loss and
+        of a partner drawn with probability ∝ loss × MI by a random orthogonal matrix; at `reinit_until`, continue
+        from the best R."""
+        s, n_s = self.settings, len(self.sizes)
+        loss, per = self.estimate_loss()
+        if loss < float(self.best_per[:n_s].mean()):
+            self.best_base.copy_(self.rotation.matrix())
+            self.best_per[:n_s] = per
+        per = self.best_per[:n_s]
+        if step >= s.reinit_until:
+            self._restart(self.best_base.clone())
+            return {"reinit_loss": loss, "best_loss": float(per.mean())}
+        g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        mi = subspace_mutual_information(
+            self.acts, SubspacePartition(self.best_base.cpu(), self.sizes), n_queries=s.mi_queries,
+            n_keys=s.mi_keys, seed=s.seed * 1_000_003 + step, device=self.device, dtype=self.dtype,
+        )  # fmt: skip
+        i = int(per.argmax())
+        weight = (per * mi[i]).clamp_min(0)
+        weight[i] = 0
+        j = int(torch.multinomial(weight + 1e-12, 1, generator=g)) if n_s > 1 else i
+        bounds = torch.cumsum(torch.tensor((0, *self.sizes)), 0).tolist()
+        cols = torch.cat([torch.arange(bounds[k], bounds[k + 1]) for k in sorted({i, j})]).to(self.device)
+        q = torch.linalg.qr(torch.randn(len(cols), len(cols), generator=g, dtype=torch.float64)).Q
+        base = self.best_base.clone()
+        base[:, cols] = base[:, cols] @ q.to(self.device)
+        self._restart(base)
+        return {"reinit_loss": loss, "best_loss": float(per.mean()), "reinit_pair": [i, j]}
