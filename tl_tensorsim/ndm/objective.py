@@ -122,10 +122,17 @@ class NeighbourSearch:
     sorted `key_ids`). Scores are computed for key blocks of about `SEARCH_BLOCK_ELEMENTS` (cache-sized).
     """
 
-    def __init__(self, keys: Float[Tensor, "pool d"], key_ids: Int[Tensor, " pool"], sizes: Sequence[int]):
+    def __init__(
+        self,
+        keys: Float[Tensor, "pool d"],
+        key_ids: Int[Tensor, " pool"],
+        sizes: Sequence[int],
+        dtype: torch.dtype | None = None,
+    ):
         if len(keys) != len(key_ids):
             raise ValueError(f"key_ids: expected one id per key ({len(keys)}); got {len(key_ids)}")
         self.keys, self.key_ids = keys, key_ids
+        self.dtype = dtype or keys.dtype  # of the rotated pool and the search arithmetic
         self.groups = size_groups(sizes)
         self.rotation: Tensor | None = None
         self.rotated: list[Tensor] = []
@@ -133,15 +140,16 @@ class NeighbourSearch:
     def refresh(self, rotation: Float[Tensor, "d d"], chunk: int = 16384) -> None:
         """Rotate the pool with `rotation` (kept as `self.rotation`, the rotation the search works in)."""
         self.rotation = rotation.detach()
-        pool, dtype, device = len(self.keys), self.keys.dtype, self.keys.device
+        pool, dtype, device = len(self.keys), self.dtype, self.keys.device
         self.rotated = [torch.empty(len(g.blocks), pool, g.size + 1, dtype=dtype, device=device) for g in self.groups]
         with torch.no_grad():
+            rotation = self.rotation.to(dtype)
             for i in range(0, pool, chunk):
-                rot = self.keys[i : i + chunk].to(self.rotation.dtype) @ self.rotation
+                rot = self.keys[i : i + chunk].to(dtype) @ rotation
                 for g, out in zip(self.groups, self.rotated):
                     part = einops.rearrange(rot[:, g.cols.to(device)], "p n s -> n p s")
                     out[:, i : i + chunk, :-1] = part
-                    out[:, i : i + chunk, -1] = part.square().sum(-1)
+                    out[:, i : i + chunk, -1] = part.float().square().sum(-1)
 
     def candidates(
         self, queries: Float[Tensor, "batch d"], query_ids: Int[Tensor, " batch"], k: int
@@ -153,7 +161,7 @@ class NeighbourSearch:
         k = min(k, pool)
         own = self_positions(query_ids.to(self.key_ids.device), self.key_ids)
         with torch.no_grad():
-            rot = queries.to(self.rotation.dtype) @ self.rotation
+            rot = queries.to(self.dtype) @ self.rotation.to(self.dtype)
             found = []
             for g, keys in zip(self.groups, self.rotated):
                 q = einops.rearrange(rot[:, g.cols.to(rot.device)], "b n s -> n b s")
