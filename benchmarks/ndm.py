@@ -1,19 +1,20 @@
 """Benchmark: NDM training steps at GPT-2 scale (d = 768, 24 subspaces of 32, batch 128, Adam lr 3e-4).
 
-Each implementation runs in its own process on the same synthetic activations (so its peak resident memory is its
-own), on the same sequence of query batches, with every row both a key and a query (a query never its own
-neighbour):
+All implementations train on the same synthetic activations and the same sequence of query batches, every row
+both a key and a query (a query is never its own neighbour):
 
 1. `paper`: a straightforward implementation of the reference step (Huang & Hahn, arXiv 2508.01916, Sec. 3;
    written here): torch's orthogonal parametrization (`matrix_exp`) of an identity-initialised `nn.Linear`; every
    step rotates all keys (blocks of 16,384), `torch.cdist` per subspace, argmin, the loss on the winners, Adam.
 2. `engine` (`tl_tensorsim.ndm`): the key pool rotated every `refresh_every` steps, batched `|k|² - 2 q.k` search
-   returning `rerank` candidates re-scored exactly with the current R; Cayley map (and, to separate the two
-   savings, the same engine with the paper's `matrix_exp`).
+   returning `rerank` candidates re-scored exactly with the current R; Cayley map. `engine/bf16`: the rotated pool
+   and the search in bfloat16. `engine/matrix_exp` (first pool only): the paper's map, to separate the savings.
 
-Reported per key-pool size: seconds per step (all steps after the first, refreshes included), the speed-up over
-`paper`, peak RSS of the process and its growth after the activations were created, the mean training loss of
-the last half of the steps, and the exact loss (fresh exhaustive search) of the final R on 256 held queries.
+Reported per key-pool size: seconds per step (all steps after the first, refreshes included; the implementations'
+steps interleaved in one process, so a shared machine's load falls on all alike), the speed-up over `paper`, the
+peak RSS of a separate process running one step and its growth after the activations were created, the mean
+training loss of the last half of the steps, and the exact loss (fresh exhaustive search) of the final R on 256
+held queries, relative to `paper`'s.
 Agreement: the share of (query, subspace) pairs whose neighbour from the most stale search (refresh_every - 1
 steps old) plus re-scoring equals the exact nearest neighbour.
 
@@ -107,11 +108,11 @@ class Paper:
 class Engine:
     """`tl_tensorsim.ndm`'s training step (`NDMState`), fed the same query batches."""
 
-    def __init__(self, acts: torch.Tensor, parametrization: str, refresh_every: int, rerank: int):
+    def __init__(self, acts: torch.Tensor, parametrization: str, search_dtype: str, refresh_every: int, rerank: int):
         from tl_tensorsim.ndm.trainer import NDMSettings, NDMState
 
         s = NDMSettings(sizes=SIZES, key_pool=len(acts), refresh_every=refresh_every, rerank=rerank,
-                        batch_size=BATCH, lr=LR, parametrization=parametrization)  # fmt: skip
+                        batch_size=BATCH, lr=LR, parametrization=parametrization, search_dtype=search_dtype)  # fmt: skip
         self.acts, self.rerank, self.state = acts, rerank, NDMState(acts, s, torch.device("cpu"))
         self.generator = torch.Generator()  # every row is a key, so it would only draw queries: `ids` instead
         self.recent: list[torch.Tensor] = []  # R before each of the last refresh_every steps
@@ -135,16 +136,24 @@ class Engine:
         return self.state.rotation.matrix().float()
 
 
-IMPLS = {"paper": "matrix_exp", "engine": "cayley", "engine/matrix_exp": "matrix_exp"}
+# name -> (parametrization, search dtype); engine/matrix_exp (the paper's map) runs at the first pool only
+IMPLS = {
+    "paper": ("matrix_exp", "float32"),
+    "engine": ("cayley", "float32"),
+    "engine/bf16": ("cayley", "bfloat16"),
+    "engine/matrix_exp": ("matrix_exp", "float32"),
+}
 
 
 def build(name: str, acts: torch.Tensor, refresh_every: int, rerank: int) -> Paper | Engine:
     cls = Paper if name == "paper" else Engine
-    return cls(acts, parametrization=IMPLS[name], refresh_every=refresh_every, rerank=rerank)
+    parametrization, search_dtype = IMPLS[name]
+    return cls(acts, parametrization=parametrization, search_dtype=search_dtype, refresh_every=refresh_every,
+               rerank=rerank)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- processes
-def timing(pool: int, steps: int, refresh_every: int, rerank: int, out: mp.Queue) -> None:
+def timing(pool: int, steps: int, refresh_every: int, rerank: int, names: list[str], out: mp.Queue) -> None:
     """All implementations in one process, their steps interleaved (rotating order), so that the load of a shared
     machine falls on all of them alike; then the losses and the neighbour agreement."""
     from tl_tensorsim.ndm.objective import NeighbourSearch, ndm_loss, neighbour_distances
@@ -152,7 +161,7 @@ def timing(pool: int, steps: int, refresh_every: int, rerank: int, out: mp.Queue
     acts = make_acts(pool + 256)
     held, acts = acts[pool:], acts[:pool]
     held_ids, key_ids = torch.arange(pool, pool + 256), torch.arange(pool)
-    impls = {name: build(name, acts, refresh_every, rerank) for name in IMPLS}
+    impls = {name: build(name, acts, refresh_every, rerank) for name in names}
     times: dict[str, list[float]] = {name: [] for name in impls}
     losses: dict[str, list[float]] = {name: [] for name in impls}
     for i, ids in enumerate(query_ids(pool, steps)):
@@ -190,12 +199,10 @@ def timing(pool: int, steps: int, refresh_every: int, rerank: int, out: mp.Queue
 
 
 def memory(name: str, pool: int, refresh_every: int, rerank: int, out: mp.Queue) -> None:
-    """Peak resident memory of one implementation's first two steps (the engine rotates its pool in the first)."""
+    """Peak resident memory of one implementation's first step (the engine rotates its pool in it)."""
     acts = make_acts(pool)
     rss0 = rss_gb()
-    impl = build(name, acts, refresh_every, rerank)
-    for ids in query_ids(pool, 2):
-        impl.step(ids)
+    build(name, acts, refresh_every, rerank).step(query_ids(pool, 1)[0])
     out.put({"peak": rss_gb(), "growth": rss_gb() - rss0})
 
 
@@ -222,7 +229,8 @@ def main() -> None:
           f"refresh_every={args.refresh_every}, rerank={args.rerank}, {steps} steps (first not timed)")  # fmt: skip
     rows = []
     for pool in pools:
-        found = in_process(timing, pool, steps, args.refresh_every, args.rerank)
+        names = [n for n in IMPLS if n != "engine/matrix_exp" or pool == pools[0]]
+        found = in_process(timing, pool, steps, args.refresh_every, args.rerank, names)
         for r in found:
             r.update(in_process(memory, r["impl"], pool, args.refresh_every, args.rerank))
             print(

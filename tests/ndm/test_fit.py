@@ -74,7 +74,7 @@ def test_fixed_partition_and_cap():
 def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch):
     acts = blocks_data()
     kw = dict(unit_size=1, key_pool=64, refresh_every=3, rerank=2, lr=1e-2, max_steps=60, merge_start=20,
-              merge_interval=20, checkpoint_every=10, **FAST)  # fmt: skip
+              merge_interval=20, reinit_every=8, reinit_until=16, reinit_draws=3, checkpoint_every=10, **FAST)  # fmt: skip
     whole = fit_ndm(acts, checkpoint_dir=tmp_path / "a", **kw)
     original = NDMState.batch_loss
 
@@ -88,6 +88,7 @@ def test_resume_after_interrupt_is_identical(tmp_path, monkeypatch):
         fit_ndm(acts, checkpoint_dir=tmp_path / "b", **kw)
     monkeypatch.setattr(NDMState, "batch_loss", original)
     resumed = fit_ndm(acts, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert [h for h in whole.history["step"] if h in (8, 16)] == [8, 16]  # re-initialisations before the merges
     assert torch.equal(resumed.R, whole.R) and resumed.sizes == whole.sizes
     assert resumed.history == whole.history and torch.equal(resumed.mi, whole.mi)
     with pytest.raises(ValueError, match="resume"):
@@ -115,6 +116,9 @@ def test_fit_on_a_model_leaves_out_bos(model):
         (dict(resume=True), "resume: needs checkpoint_dir"),
         (dict(hook_name="blocks.0.hook_resid_post"), "hook_name, data: only used with a model"),
         (dict(merge_threshold=0), "merge_threshold: expected a positive number"),
+        (dict(reinit_every=100, reinit_until=500, merge_start=400, batch_size=8), "merge_start: merging starts after"),
+        (dict(reinit_every=100), "reinit_every: the re-initialisation needs more rows"),
+        (dict(search_dtype=torch.float16), "search_dtype: expected one of"),
     ],
 )
 def test_errors_before_work(kwargs, match):

@@ -100,6 +100,21 @@ def test_stale_search_with_full_rerank_is_exact():
     assert (stale >= dist - 1e-12).all() and (stale > dist).any()
 
 
+def test_bfloat16_search_with_rescoring():
+    """The pool rotated and searched in bfloat16: re-scoring every key in float64 is still exact, and the
+    bfloat16 top-1 is a real neighbour, never closer than the exact one."""
+    queries, keys, qid, kid = data()
+    rotation = random_orthogonal(keys.shape[1], 7)
+    search = NeighbourSearch(keys, kid, SIZES, dtype=torch.bfloat16)
+    search.refresh(rotation)
+    assert all(r.dtype == torch.bfloat16 for r in search.rotated)
+    full = neighbour_distances(queries, qid, keys, kid, search.candidates(queries, qid, len(keys)), rotation, SIZES)
+    _, per_bf = brute_force(queries, keys, rotation, SIZES, qid, kid)
+    torch.testing.assert_close(full.mean(0), per_bf, rtol=0, atol=1e-12)
+    top1 = neighbour_distances(queries, qid, keys, kid, search.candidates(queries, qid, 1), rotation, SIZES)
+    assert (top1 >= full - 1e-12).all()
+
+
 def test_gauge_invariance():
     """R · blockdiag(Q_1, ..., Q_S) (each Q_s orthogonal, d_s x d_s) leaves every subspace distance unchanged."""
     queries, keys, qid, kid = data()

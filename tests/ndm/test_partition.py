@@ -9,7 +9,7 @@ import torch
 
 import tl_tensorsim.artifacts as artifacts
 from tl_tensorsim import hooks
-from tl_tensorsim.ndm import SubspacePartition, baselines, group_recovery
+from tl_tensorsim.ndm import SubspacePartition, group_recovery, partition_baselines
 from tl_tensorsim.ndm.partition import OFFICIAL_KEY
 
 
@@ -85,7 +85,7 @@ def test_baselines():
     g = torch.Generator().manual_seed(0)
     scales = torch.tensor([3.0, 0.5, 2.0, 1.0, 0.1, 4.0])
     acts = torch.randn(5000, 6, generator=g) * scales + 10.0  # the mean is removed before PCA
-    parts = baselines((4, 2), acts, seed=1)
+    parts = partition_baselines((4, 2), acts, seed=1)
     assert set(parts) == {"identity", "random", "pca_ascending", "pca_descending"}
     assert torch.equal(parts["identity"].R, torch.eye(6, dtype=torch.float64))
     assert torch.equal(parts["random"].R, SubspacePartition.random((4, 2), seed=1).R)

@@ -52,21 +52,13 @@ def _gather(
 
 
 def _check_settings(s: NDMSettings, n: int, d: int) -> NDMSettings:
-    for name in (
-        "unit_size",
-        "max_steps",
-        "batch_size",
-        "key_pool",
-        "refresh_every",
-        "rerank",
-        "mi_queries",
-        "mi_keys",
-    ):
+    positive = ("unit_size", "max_steps", "batch_size", "key_pool", "refresh_every", "rerank", "mi_queries", "mi_keys")
+    for name in (*positive, "merge_interval", "stop_at_n_subspaces", "reinit_draws"):
         checked_int(getattr(s, name), name, 1, "a positive int")
     for name in ("merge_start", "seed", "reinit_every", "reinit_until"):
         checked_int(getattr(s, name), name, 0, "a non-negative int")
-    for name in ("merge_interval", "stop_at_n_subspaces", "reinit_draws"):
-        checked_int(getattr(s, name), name, 1, "a positive int")
+    if s.reinit_every and n <= s.batch_size:
+        raise ValueError(f"reinit_every: the re-initialisation needs more rows than batch_size={s.batch_size}; got {n}")
     if s.reinit_every and s.sizes is None and s.merge_start <= s.reinit_until:
         raise ValueError(
             f"merge_start: merging starts after the re-initialisation phase (reinit_until={s.reinit_until}); got "
@@ -74,6 +66,7 @@ def _check_settings(s: NDMSettings, n: int, d: int) -> NDMSettings:
         )
     check_choice(s.parametrization, Parametrization, "parametrization")
     check_choice(s.dtype, ("float32", "float64"), "dtype")
+    check_choice(s.search_dtype, ("float32", "float64", "bfloat16"), "search_dtype")
     if s.sizes is not None:
         check_sizes(s.sizes, d, "sizes")
     elif d % s.unit_size:
@@ -112,6 +105,7 @@ def fit_ndm(
     key_pool: int = 409_600,
     refresh_every: int = 8,
     rerank: int = 4,
+    search_dtype: torch.dtype = torch.float32,
     parametrization: Parametrization = "cayley",
     mi_queries: int = 12_800,
     mi_keys: int = 98_304,
@@ -150,6 +144,8 @@ def fit_ndm(
         key_pool: candidate neighbours per query (random rows, redrawn at every refresh; all rows when fewer).
         refresh_every: steps between re-rotations of the key pool for the search; rerank: candidates per query and
             subspace re-scored exactly with the current R (`1, 1`: the paper's exact search every step).
+        search_dtype: dtype of the rotated key pool and of the search's scores (`torch.bfloat16` halves the pool's
+            memory and the cost of rotating it; candidates are still re-scored in `dtype`).
         parametrization: `"cayley"` or `"matrix_exp"` (the reference's) map from skew matrices to rotations.
         mi_queries, mi_keys: rows of each merge check's KSG estimate. seed: every random draw.
         dtype: float32 or float64 for the training arithmetic. device: default the activations' (model's) device.
@@ -184,7 +180,8 @@ def fit_ndm(
         merge_threshold=merge_threshold, merge_start=merge_start, merge_interval=merge_interval, max_steps=max_steps,
         stop_at_n_subspaces=stop_at_n_subspaces, reinit_every=reinit_every, reinit_until=reinit_until,
         reinit_draws=reinit_draws, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
-        key_pool=key_pool, refresh_every=refresh_every, rerank=rerank, parametrization=parametrization,
+        key_pool=key_pool, refresh_every=refresh_every, rerank=rerank,
+        search_dtype=str(search_dtype).removeprefix("torch."), parametrization=parametrization,
         mi_queries=mi_queries, mi_keys=mi_keys, seed=seed, dtype=str(dtype).removeprefix("torch."),
     )  # fmt: skip
     _check_settings(settings, *acts.shape)

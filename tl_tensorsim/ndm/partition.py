@@ -251,7 +251,7 @@ def as_partition(partition: Any, argument: str = "partition") -> SubspacePartiti
     return SubspacePartition.identity(check_sizes(partition, argument=argument))
 
 
-def baselines(
+def partition_baselines(
     sizes: Sequence[int], acts: Float[Tensor, "n d"] | None = None, seed: int = 0
 ) -> dict[str, SubspacePartition]:
     """The paper's baselines of the given widths: identity, random orthogonal and, when `acts` is given, PCA in

@@ -53,6 +53,7 @@ class NDMSettings(DictConfig):
     key_pool: int = 409_600
     refresh_every: int = 8
     rerank: int = 4
+    search_dtype: str = "float32"
     parametrization: str = "cayley"
     mi_queries: int = 12_800
     mi_keys: int = 98_304
@@ -143,7 +144,8 @@ class NDMState(nn.Module):
                 self.search_rotation.copy_(self.rotation())
                 self.since_refresh.zero_()
         keys = self.acts.to(self.device, self.dtype) if len(self.pool_ids) == self.n else self._rows(self.pool_ids)
-        self.search = NeighbourSearch(keys, self.pool_ids, self.sizes)  # every row a key: no copy
+        search_dtype = getattr(torch, self.settings.search_dtype)
+        self.search = NeighbourSearch(keys, self.pool_ids, self.sizes, search_dtype)  # every row a key: no copy
         self.search.refresh(self.search_rotation)
         return self.search
 
