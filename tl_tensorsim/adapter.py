@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from transformer_lens import FactoredMatrix
 from tl_tensorsim import model_io, model_run
 from tl_tensorsim.model_io import Backend, is_transformer_lens_model, model_kind
 from tl_tensorsim.model_run import GATE_FLAGS, gate_flag
+from tl_tensorsim.weight_files import open_state_file
 
 if TYPE_CHECKING:  # for the type alias only; never imported at run time (TransformerLens 4 has no HookedTransformer)
     from transformer_lens import HookedTransformer
@@ -154,12 +156,47 @@ class ModelView:
             model_name=str(getattr(c, "model_name", None) or getattr(model, "model_name", None) or "unnamed"),
             attn_scale=_attention_scale(kind, c),
         )
-        self._params: dict[str, Tensor] | None = None
+        self._params: Mapping[str, Tensor] | None = None
+        self._config = c
+        self._flags: tuple[bool, bool] | None = None
+
+    @property
+    def takes_tl_weights(self) -> bool:
+        """Whether `with_weights` works: a HookedTransformer or a `boot_native` bridge (a bridge over a Hugging
+        Face model names its weights its own way; load those into a copy with `load_state_dict`)."""
+        return self.kind == "HookedTransformer" or model_io.is_native_bridge(self.model)
+
+    def with_weights(self, weights: Mapping[str, Tensor] | str | os.PathLike, argument: str = "weights") -> ModelView:
+        """A read-only view of other weights with this model's config and class: a state dict (TransformerLens names
+        or a native bridge's `state_dict()` names) or a state-dict file, opened lazily (`weight_files`), so only
+        the tensors an analysis looks up are read. Keys and shapes are checked against this model's first
+        (`ValueError` naming `argument`). No model is built, copied or loaded into, this view's model is untouched,
+        and running the returned view raises."""
+        if not self.takes_tl_weights:
+            raise ValueError(f"{argument}: a bridge over a Hugging Face model cannot take weights without loading them")
+        shapes = {k: tuple(v.shape) for k, v in self._parameters().items()}
+        if isinstance(weights, (str, os.PathLike)):
+            params: Mapping[str, Tensor] = open_state_file(weights, self.cfg, argument, shapes)
+        else:
+            try:
+                params = model_io.to_tl_names(weights, self.cfg)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{argument}: {exc}") from exc
+            wrong = [k for k, v in params.items() if tuple(v.shape) != shapes.get(k, tuple(v.shape))]
+            if wrong:
+                raise ValueError(
+                    f"{argument}: {wrong[0]} has shape {list(params[wrong[0]].shape)}, this model's is "
+                    f"{list(shapes[wrong[0]])} (hint: a state dict of another architecture)"
+                )
+        view = copy.copy(self)
+        view._flags = self._processing_flags()  # this model's, read now
+        view.model, view._params = _WeightsOnly(), params
+        return view
 
     def config_value(self, name: str, default: Any = None) -> Any:
         """A TransformerLens config field not in `cfg` (e.g. `use_qk_norm`, `attn_scores_soft_cap`), or `default`
         where this model's config has no such field; analyses read configs through this, never `model.cfg`."""
-        return getattr(self.model.cfg, name, default)
+        return getattr(self._config, name, default)
 
     # ----------------------------------------------------------------- weights
     def _parameters(self) -> dict[str, Tensor]:
@@ -170,6 +207,15 @@ class ModelView:
                 raw = self.model.state_dict()
             self._params = {k: v.detach() for k, v in raw.items()}
         return self._params
+
+    def _processing_flags(self) -> tuple[bool, bool]:
+        """(weights processed, bridge in compatibility mode): read off the model, or the flags recorded by
+        `with_weights`."""
+        if self._flags is not None:
+            return self._flags
+        return bool(getattr(self.model, "_weights_processed", False)), bool(
+            getattr(self.model, "compatibility_mode", False)
+        )
 
     def refresh(self) -> ModelView:
         """Drop cached weights (call after the model's parameters changed in place)."""
@@ -244,20 +290,22 @@ class ModelView:
         return [f"L{layer}H{h}" for layer in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
 
     # ------------------------------------------------------------- processing
-    def processing(self) -> dict[str, Any]:
+    def processing(self, unembed: bool = True) -> dict[str, Any]:
         """The weight processing this model records or shows.
 
         `fold_ln` is read from the config (`LNPre`/`RMSPre` normalisation, or a bridge in compatibility
         mode with processed weights); `center_writing_weights` and `center_unembed` are read off the
-        weights (every `W_O`/`W_out` row, or every `W_U` row, sums to zero over the written axis).
+        weights (every `W_O`/`W_out` row, or every `W_U` row, sums to zero over the written axis); `unembed=False`
+        leaves `center_unembed` out (and `W_U` unread).
         """
         norm = self.cfg.normalization_type
-        processed = bool(getattr(self.model, "_weights_processed", False))
+        processed, compatibility = self._processing_flags()
         out: dict[str, Any] = {"fold_ln": bool(norm in ("LNPre", "RMSPre") or processed)}
         out["center_writing_weights"] = _rows_centred(self.W_O)
-        out["center_unembed"] = _rows_centred(self.W_U)
+        if unembed:  # reads the whole W_U
+            out["center_unembed"] = _rows_centred(self.W_U)
         if self.kind == "TransformerBridge":
-            out["compatibility_mode"] = bool(getattr(self.model, "compatibility_mode", False))
+            out["compatibility_mode"] = compatibility
         return out
 
     # ------------------------------------------------------------------ hooks
@@ -419,6 +467,16 @@ def _rows_centred(w: Tensor) -> bool:
     w = w.float()
     lo, hi = torch.aminmax(w)
     return bool(w.mean(-1).abs().max() <= 1e-6 * torch.maximum(-lo, hi).clamp_min(1e-30))
+
+
+class _WeightsOnly:
+    """The `model` of a `ModelView.with_weights` view: there is no model to run."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"this ModelView holds weights only (ModelView.with_weights), so it has no model.{name}; run the model "
+            "itself (hint: load the weights into a model with ModelView.load_state_dict on a copy)"
+        )
 
 
 def as_view(model: ModelLike) -> ModelView:

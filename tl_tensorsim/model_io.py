@@ -69,7 +69,8 @@ def has_hooked_transformer() -> bool:
     return True
 
 
-def _is_native_bridge(model: Any) -> bool:
+def is_native_bridge(model: Any) -> bool:
+    """A bridge booted by `TransformerBridge.boot_native` (its weights convert to and from TransformerLens names)."""
     original = getattr(model, "original_model", None)
     return type(original).__name__ == "NativeModel"
 
@@ -249,7 +250,7 @@ def load_state_dict(model: Any, state: Mapping[str, Tensor]) -> Any:
             model.load_state_dict(to_tl_names(state, model.cfg), strict=False)
         elif convention == "bridge":
             model.load_state_dict({k: v for k, v in state.items()}, strict=True)
-        elif _is_native_bridge(model):
+        elif is_native_bridge(model):
             model.load_state_dict(_native_from_tl(to_tl_names(state, model.cfg), model.cfg), strict=True)
         else:
             raise ValueError(

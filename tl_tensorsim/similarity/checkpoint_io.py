@@ -11,20 +11,21 @@ A source is one of:
 - a sequence whose items are models, `ModelView`s, state dicts, state-dict files or zero-argument callables
   returning a model, or `(step, item)` pairs of those (the steps label the checkpoints).
 
-State dicts (either naming convention: TransformerLens names or a bridge's own) are loaded through the adapter
-into one private template: a deep copy of the `model=` given (never the user's model itself), or a model built
-from a config, so memory holds one checkpoint at a time. Every file is checked (it exists, its header reads)
-before anything loads, and every error names the checkpoint (and file).
+State dicts and files (either naming convention: TransformerLens names or a native bridge's own) are read through
+the adapter with the config of the `model=` given (only read, never modified) or of a model built from a config:
+`ModelView.with_weights` opens a file lazily, so only the tensors the metric needs are read from disk (the heads'
+`W_Q`/`W_K` or `W_V`/`W_O`; `W_E`, `W_U`, `W_pos` only at the token level), with no model to load them into.
+(A bridge over a Hugging Face model still loads each state dict into one private copy.) Memory holds one
+checkpoint's needed tensors at a time. Every file is checked (it exists, its header reads) before anything loads,
+and every error names the checkpoint (and file).
 """
 
 from __future__ import annotations
 
-import copy
 import numbers
 import os
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ from torch import Tensor
 
 from tl_tensorsim.adapter import ModelView, model_kind
 from tl_tensorsim.model_io import load_pretrained
+from tl_tensorsim.weight_files import CHECKPOINT_SUFFIXES, check_checkpoint_file, read_state_dict
 
 DEFAULT_STORE_BUDGET = 2 << 30  # bytes of per-checkpoint summaries kept in memory before spilling to disk
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 ACCEPTED_ITEMS = (
     "a HookedTransformer / TransformerBridge, a ModelView, a state dict, a state-dict file (.safetensors, .pt, "
     ".pth), a zero-argument callable returning a model, or a (step, one of these) pair"
@@ -66,59 +67,6 @@ def checkpoint_steps(name: str, indices: Sequence[int]) -> list[int]:
         return [int(labels[i]) for i in indices]
     except Exception:  # TransformerLens 4 layout, or an unknown name: index order is still correct
         return list(indices)
-
-
-# ---------------------------------------------------------------------------------------------- files
-def check_checkpoint_file(path: str | os.PathLike, argument: str = "checkpoints") -> Path:
-    """`path` as a `Path` if it names a readable state-dict file, else an error naming `argument` and the file:
-    `ValueError` for another suffix or an unreadable header, `FileNotFoundError` for a missing file. Reads only
-    the header (safetensors) or the archive's table of contents (`torch.save`)."""
-    path = Path(path)
-    if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise ValueError(
-            f"{argument}: {path} is not a checkpoint file; expected .safetensors, .pt or .pth "
-            "(hint: pass a folder of such files, or state dicts)"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{argument}: no checkpoint file at {path}")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                f.keys()
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(
-                f"{argument}: cannot read the safetensors header of {path}: {exc} (hint: a truncated or "
-                "partly written file; write it again with safetensors.torch.save_file)"
-            ) from exc
-        return path
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any(n.endswith("data.pkl") for n in archive.namelist()):
-                return path
-    else:
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x80\x02":  # torch.save's legacy (pre-1.6) pickle format
-                return path
-    raise ValueError(
-        f"{argument}: cannot read {path} as a torch.save file (neither a torch zip archive nor a legacy pickle); "
-        "hint: save state dicts with torch.save(model.state_dict(), path) or safetensors"
-    )
-
-
-def read_state_dict(path: str | os.PathLike, argument: str = "checkpoints") -> dict[str, Tensor]:
-    """The state dict in a `.safetensors` / `.pt` / `.pth` file (on the CPU; `torch.load(weights_only=True)`)."""
-    path = check_checkpoint_file(path, argument)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{argument}: cannot load {path}: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{argument}: {path} holds a {type(state).__name__}, not a state dict")
-    return dict(state)
 
 
 def checkpoint_folder(folder: str | os.PathLike) -> tuple[list[Path], list[int] | None]:
@@ -170,15 +118,16 @@ def _check_template_source(model: Any) -> None:
     )
 
 
-def _make_template(model: Any) -> ModelView:
-    """A private model to load state dicts into: a deep copy of `model`, or one built from a config."""
+def _template_view(model: Any) -> ModelView:
+    """The model whose config and class read the state dicts: `model` itself (only read, never written), or one
+    built from a config."""
     if model is None:
         raise ValueError(
-            "model: state dicts and state-dict files need a model (or config) to load them into; got None "
-            "(hint: model=the run's model or its config; the model is copied, not modified)"
+            "model: state dicts and state-dict files need a model (or config) to read them with; got None "
+            "(hint: model=the run's model or its config; the model is not modified)"
         )
     if isinstance(model, ModelView) or model_kind(model) is not None:
-        return ModelView(copy.deepcopy(model.model if isinstance(model, ModelView) else model))
+        return model if isinstance(model, ModelView) else ModelView(model)
     return ModelView.build(model)
 
 
@@ -232,22 +181,30 @@ def resolve_checkpoints(
     items, pair_steps = _split_pairs(checkpoints)
     kinds = [_check_item(item, i) for i, item in enumerate(items)]
     if {"file", "state"} & set(kinds) and model is None:
-        _make_template(None)  # raises the error naming `model`
+        _template_view(None)  # raises the error naming `model`
     template: list[ModelView] = []
 
-    def load_into(state: Mapping[str, Tensor], i: int, where: str) -> ModelView:
+    def load_into(state: Mapping[str, Tensor] | Path, i: int, where: str) -> ModelView:
+        """Checkpoint `i` as a view: read lazily with the template's config (files: only the tensors the analysis
+        looks up), or, for a bridge over a Hugging Face model, loaded into a private copy."""
         if not template:
-            template.append(_make_template(model))
+            template.append(_template_view(model))
+        view = template[0]
         try:
-            return template[0].load_state_dict(state)
+            if view.takes_tl_weights:
+                return view.with_weights(state, f"checkpoints[{i}]{where}")
+            if not isinstance(state, Mapping):
+                state = read_state_dict(state, f"checkpoints[{i}]")
+            if len(template) == 1:
+                template.append(view.copy())
+            return template[1].load_state_dict(state)
         except (ValueError, TypeError) as e:
             raise ValueError(f"checkpoints[{i}]{where}: state dict does not fit the model given as `model`: {e}") from e
 
     loaders: list[Callable[[], Any]] = []
     for i, (item, kind) in enumerate(zip(items, kinds, strict=True)):
         if kind == "file":
-            arg = f"checkpoints[{i}]"
-            loaders.append(lambda p=item, i=i, a=arg: load_into(read_state_dict(p, a), i, f" ({p})"))
+            loaders.append(lambda p=item, i=i: load_into(Path(p), i, f" ({p})"))
         elif kind == "state":
             loaders.append(lambda sd=item, i=i: load_into(sd, i, ""))
         elif kind == "callable":

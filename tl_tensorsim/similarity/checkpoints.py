@@ -253,7 +253,7 @@ def checkpoint_similarity(
         if t == 0:
             st.plan(summary, T)
         st.add(summary)
-        procs[f"checkpoint {steps[t]}"] = view.processing()
+        procs[f"checkpoint {steps[t]}"] = view.processing(unembed=token_level and circuit == "OV")
         del view, summary  # the model is freed here unless the caller holds it
     if not (fold and metric == "tensor"):
         warn_processing(procs, circuit, level)
