@@ -7,20 +7,27 @@ d_head 64, d_vocab 50257, n_ctx 1024). In one run:
 2. all 144 x 144 head pairs, QK and OV, residual and token level (float64; token QK also in float32);
 3. a naive per-pair loop on a sample of pairs (TransformerLens' `(M1.AB * M2.AB).sum()` at the residual level,
    the per-pair factored formula with precomputed Grams at the token level), extrapolated to all pairs;
-4. 20 checkpoints' per-head T x T similarity (residual level, QK and OV), checkpoints produced one at a time.
+4. 20 checkpoints' per-head T x T similarity (residual level, QK and OV), checkpoints produced one at a time;
+5. checkpoints as files: 10 state dicts of a 6-layer x 8-head model (d_model 512, d_mlp 2048, d_vocab 50257)
+   written by the benchmark as `.pt` and as `.safetensors` into a temporary folder; `checkpoint_similarity(folder)`
+   against a direct batched computation written here (read only the attention weights: `safe_open` /
+   `torch.load(mmap=True)`, float64 Grams, one einsum), same files, same process, interleaved, median of 3.
 
 Prints wall time, executed GFLOP (torch's FlopCounterMode), achieved GFLOP/s and its fraction of the matmul
 throughput, the speed-up over the naive loop, and the process's peak resident memory.
 
-    python benchmarks/head_similarity.py [--quick]
+    python benchmarks/head_similarity.py [--quick] [--files-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -176,7 +183,74 @@ def main(quick: bool = False) -> None:
     print(f"\npeak resident memory of the whole run: {peak_gb():.2f} GB")
 
 
+FILES = dict(n_layers=6, n_heads=8, d_model=512, d_head=64, d_mlp=2048, d_vocab=50257, n_ctx=1024, act_fn="gelu_new")
+
+
+def direct_from_files(paths: list[Path], circuit: str, n_layers: int) -> torch.Tensor:
+    """The reference: per-head T x T inner products `<A_t B_t, A_s B_s>_F` from the attention weights alone,
+    read with `safe_open` / `torch.load(mmap=True)` (TransformerLens names), stacked in float64, one Gram einsum."""
+    from safetensors import safe_open
+
+    names = ("W_Q", "W_K") if circuit == "QK" else ("W_V", "W_O")
+    stacks = []
+    for path in paths:
+        keys = [f"blocks.{layer}.attn.{n}" for n in names for layer in range(n_layers)]
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                w = {k: f.get_tensor(k) for k in keys}
+        else:
+            state = torch.load(path, mmap=True, weights_only=True)
+            w = {k: state[k] for k in keys}
+        stacks.append([torch.cat([w[f"blocks.{layer}.attn.{n}"] for layer in range(n_layers)]) for n in names])
+    A = torch.stack([a for a, _ in stacks], 1).double()  # [heads, T, d_model, d_head]
+    B = torch.stack([b for _, b in stacks], 1).double()  # QK: W_K [heads, T, d_model, d_head]; OV: W_O [h, T, r, m]
+    GA = torch.einsum("htmr,hsmq->htsrq", A, A)
+    GB = torch.einsum("htmr,hsmq->htsrq", B, B) if circuit == "QK" else torch.einsum("htrm,hsqm->htsrq", B, B)
+    return torch.einsum("htsrq,htsrq->hts", GA, GB)
+
+
+def file_checkpoints(T: int = 10, reps: int = 3) -> None:
+    from safetensors.torch import save_file
+
+    template = ts.ModelView.build(FILES).model
+    params = ts.ModelView(template).state_dict()
+    gen = torch.Generator().manual_seed(0)
+    print(
+        f"\n{T} checkpoint files of {FILES}: checkpoint_similarity(folder) vs direct batched reading (median of {reps})"
+    )
+    print("format        circuit | package s | direct s | ratio | max |difference| of cosines")
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {fmt: Path(tmp, fmt) for fmt in (".pt", ".safetensors")}
+        for folder in folders.values():
+            folder.mkdir()
+        for t in range(T):
+            state = {k: (v + 0.3 * (1 - t / (T - 1)) * torch.randn(v.shape, generator=gen) * v.std()).contiguous()
+                     for k, v in params.items()}  # fmt: skip
+            torch.save(state, folders[".pt"] / f"step_{t}.pt")
+            save_file(state, str(folders[".safetensors"] / f"step_{t}.safetensors"))
+        for fmt, folder in folders.items():
+            paths = sorted(folder.iterdir(), key=lambda p: int(p.stem.split("_")[1]))
+            for circuit in ("QK", "OV"):
+                ours, direct = [], []
+                for _ in range(reps):  # interleaved: load on a shared machine falls on both alike
+                    t0 = time.perf_counter()
+                    res = checkpoint_similarity(folder, circuit, model=template, progress=False)
+                    ours.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    inner = direct_from_files(paths, circuit, FILES["n_layers"])
+                    direct.append(time.perf_counter() - t0)
+                d = inner.diagonal(dim1=1, dim2=2)
+                cos = inner / (d[:, :, None] * d[:, None, :]).sqrt()
+                a, b = statistics.median(ours), statistics.median(direct)
+                diff = (cos - res.values).abs().max().item()
+                print(f"{fmt:13s} {circuit:7s} | {a:9.2f} | {b:8.2f} | {a / b:5.2f} | {diff:.1e}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="vocabulary of 5000 instead of 50257 (a smoke run)")
-    main(parser.parse_args().quick)
+    parser.add_argument("--files-only", action="store_true", help="only the checkpoint-file rows (5.)")
+    args = parser.parse_args()
+    if not args.files_only:
+        main(args.quick)
+    file_checkpoints()
