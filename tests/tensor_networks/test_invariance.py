@@ -136,5 +136,5 @@ def test_frobenius_at_depth_two_is_not_a_function_of_the_polynomial():
     torch.testing.assert_close(a(x), want, rtol=0, atol=1e-12)
     torch.testing.assert_close(b(x), want, rtol=0, atol=1e-12)
     assert abs(float(tensor_similarity(a, b, "frobenius"))) < 1e-12
-    gaussian = tensor_similarity(a, b, "gaussian", samples=4000, seed=0)
+    gaussian = tensor_similarity(a, b, "gaussian", method="monte_carlo", samples=4000, seed=0)
     assert gaussian.method == "monte_carlo" and abs(float(gaussian) - 1) < 1e-9

@@ -56,9 +56,9 @@ def test_mixed_widths_fall_back_to_pairs():
 
 def test_monte_carlo_matrix():
     nets = _checkpoints(3, n_layers=2, residual=True)
-    m = tensor_similarity_matrix(nets, "gaussian", samples=20_000, seed=1)
+    m = tensor_similarity_matrix(nets, "gaussian", method="monte_carlo", samples=20_000, seed=1)
     assert m.method == "monte_carlo" and m.stderr is not None and m.stderr.shape == (3, 3)
-    pair = tensor_similarity(nets[0], nets[2], "gaussian", samples=20_000, seed=1)
+    pair = tensor_similarity(nets[0], nets[2], "gaussian", method="monte_carlo", samples=20_000, seed=1)
     assert abs(float(pair) - float(m.values[0, 2])) < 5 * max(pair.stderr, 1e-6)
     assert torch.allclose(torch.diagonal(m.values), torch.ones(3, dtype=torch.float64))
 

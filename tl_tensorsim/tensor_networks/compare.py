@@ -7,7 +7,8 @@ LayerNorm are not polynomial).
 
 Metrics (paper §2.2): `"frobenius"` — cosine of the locally symmetrised coefficient tensors in the padded input
 `[1; x]`, exact by the Gram recursion (`inner.py`); `"gaussian"` — `E_{x~N(0,Σ)}[f_a(x)ᵀ f_b(x)]` normalised to a
-cosine, exact for at most one bilinear layer, Monte Carlo with a standard error otherwise.
+cosine, exact for at most two bilinear layers (one: the Gram recursion; two, or unequal depths: the Hermite
+expansion of `gaussian.py`), Monte Carlo with a standard error deeper.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tl_tensorsim.checks import check_choice, options
 from tl_tensorsim.factored import factored_cosine, factored_inner
 from tl_tensorsim.models.bilinear import BilinearLayer, TensorChain, chain_from_layers
 from tl_tensorsim.models.tensor_network import HookedTensorNetwork
+from tl_tensorsim.tensor_networks.gaussian import MAX_DEPTH, hermite_matrix, hermite_parts, needs_hermite
 from tl_tensorsim.tensor_networks.inner import (
     PaddedStack,
     cosine,
@@ -77,7 +79,7 @@ def _check_pair(ca: TensorChain, cb: TensorChain, metric: str) -> None:
     if metric == "frobenius" and ca.depth != cb.depth:
         raise ValueError(
             f"b: has {cb.depth} bilinear layers, a has {ca.depth}; their coefficient tensors have different orders "
-            f"(2^N + 1), so metric='frobenius' is undefined (metric='gaussian' compares them by Monte Carlo)"
+            f"(2^N + 1), so metric='frobenius' is undefined (metric='gaussian' compares them as functions)"
         )
 
 
@@ -87,11 +89,11 @@ def _resolve_method(depths: Sequence[int], metric: str, method: str) -> str:
         if method == "monte_carlo":
             raise ValueError("method: 'monte_carlo' estimates the gaussian metric; metric='frobenius' is always exact")
         return "exact"
-    exact_ok = len(set(depths)) == 1 and depths[0] <= 1
+    exact_ok = max(depths) <= MAX_DEPTH
     if method == "exact" and not exact_ok:
         raise ValueError(
-            f"method: the exact Gaussian form covers networks with at most one bilinear layer (equal depths); got depths "
-            f"{sorted(set(depths))}. Use method='monte_carlo' (or 'auto')"
+            f"method: exact Gaussian forms exist for networks with at most one bilinear layer (Gram recursion) or two "
+            f"(Hermite expansion); got depths {sorted(set(depths))}. Use method='monte_carlo' (or 'auto')"
         )
     return "exact" if (method == "auto" and exact_ok) or method == "exact" else "monte_carlo"
 
@@ -103,6 +105,10 @@ def _warn_zero(used: bool) -> None:
 
 def _exact_parts(ca: TensorChain, cb: TensorChain, metric: str, sigma: Tensor | None, dtype: torch.dtype, device: Any):
     gaussian = metric == "gaussian"
+    if gaussian and needs_hermite([ca.depth, cb.depth]):  # float64 values, no scale factors
+        v_ab, v_aa, v_bb = hermite_parts(ca, cb, sigma, device)
+        zero = v_ab.new_zeros(())
+        return v_ab, v_aa, v_bb, zero, zero, zero
     G0 = input_gram(ca.d_in, sigma, dtype, device)
     A = self_pass(stack_chains([ca], dtype, device), G0, gaussian)
     B = self_pass(stack_chains([cb], dtype, device), G0, gaussian)
@@ -172,7 +178,9 @@ def tensor_similarity(
         a, b: `HookedTensorNetwork`s, `BilinearLayer`s (`extract_mlp(model, l)`), `TensorChain`s, or two
             `FactoredMatrix` objects. Input and output dimensions must match (and depths, for frobenius).
         metric: `"frobenius"` (locally symmetrised coefficient tensors, exact Gram recursion) or `"gaussian"`
-            (`E_{x~N(0,Σ)}[f_a(x)ᵀ f_b(x)]`: exact for <= 1 bilinear layer, else Monte Carlo).
+            (`E_{x~N(0,Σ)}[f_a(x)ᵀ f_b(x)]`: exact for <= 2 bilinear layers, in float64 at depth 2 whatever
+            `dtype` (`gaussian.py`, cost `O(d_out (H²H₂ + H³ + H² d_in²))` for padded layer widths H, H₂), else
+            Monte Carlo).
         output: keep only these output coordinates (an int: the class-c slice); `per_output=True` returns
             every slice at once as a `PerOutputSimilarity`.
         sigma: input covariance `(d_in, d_in)` in place of the identity.
@@ -232,8 +240,8 @@ def tensor_inner(
     """The unnormalised inner product `⟨a|b⟩` (same arguments as `tensor_similarity`).
 
     frobenius: `Σ_c ⟨T_a^c, T_b^c⟩` of the padded, locally symmetrised coefficient tensors; gaussian:
-    `E_{x~N(0,Σ)}[f_a(x)ᵀ f_b(x)]`. `.log_abs` holds `ln|⟨a|b⟩|` from the per-layer exponent tracking (finite
-    even if the float overflows).
+    `E_{x~N(0,Σ)}[f_a(x)ᵀ f_b(x)]` (exact up to two bilinear layers, `.stderr` None). `.log_abs` holds `ln|⟨a|b⟩|`
+    from the per-layer exponent tracking (finite even if the float overflows; at depth 2 gaussian, the float64 value's).
     """
     if isinstance(a, FactoredMatrix) or isinstance(b, FactoredMatrix):
         return _factored(a, b, metric, sigma, inner=True)
@@ -349,7 +357,10 @@ def tensor_similarity_matrix(
     values, errors = [], []
     with torch.no_grad():
         if method == "exact":
-            ab, self_vals = _exact_matrix(chains, metric, sigma, dtype, device, memory_budget)
+            if metric == "gaussian" and needs_hermite([c.depth for c in chains]):
+                ab, self_vals = hermite_matrix(chains, sigma, device, max(1, memory_budget // 8))
+            else:
+                ab, self_vals = _exact_matrix(chains, metric, sigma, dtype, device, memory_budget)
             for sel in selections:
                 values.append(_matrix_cosine(select_outputs(ab, sel, d_out), select_outputs(self_vals, sel, d_out)))
                 errors.append(None)

@@ -88,7 +88,7 @@ class MonteCarloMoments:
         return r.clamp(-1, 1), torch.where(ok, se, torch.zeros_like(se))
 
 
-def _sqrt_cov(sigma: Tensor) -> Tensor:
+def sqrt_cov(sigma: Tensor) -> Tensor:
     """`A` with `A Aᵀ = Σ` for a symmetric positive semi-definite Σ (eigendecomposition)."""
     w, Q = torch.linalg.eigh(sigma.double())
     if float(w.min()) < -1e-8 * max(1.0, float(w.max())):
@@ -144,7 +144,7 @@ def gaussian_moments(
     T, G = len(chains), groups.shape[1]
     nets = [c.to(dtype, device) for c in chains]
     groups = groups.to(device=device, dtype=torch.float64)
-    A = None if sigma is None else _sqrt_cov(sigma).to(device=device, dtype=dtype)
+    A = None if sigma is None else sqrt_cov(sigma).to(device=device, dtype=dtype)
     if batch_size is None:  # cap the (n, T, T, G) product tensor at about 2^24 entries
         batch_size = int(max(256, min(65536, 2**24 // max(1, T * T * G))))
     radii, weights = radial_rule(d_in, max(c.depth for c in chains))
