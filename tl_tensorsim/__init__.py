@@ -15,10 +15,11 @@ Importing `tl_tensorsim` changes no global state of TransformerLens: `ts.registe
 by `ts.bilinear_config`) adds `act_fn="identity"`, with which `gated_mlp=True` MLPs are bilinear.
 """
 
-from tl_tensorsim import circuits, hooks, ndm, proofs
+from tl_tensorsim import circuits, hooks, interaction, ndm, proofs
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import ModelConfig, ModelLike, ModelView, as_view
 from tl_tensorsim.artifacts import Artifact, Provenance, load, load_artifact, save_artifact
+from tl_tensorsim.interaction import InteractionBasis, InteractionGraph, interaction_basis, interaction_graph
 from tl_tensorsim.models.induction import InductionConfig, induction_accuracy
 from tl_tensorsim.models.induction import load_default as load_induction_model
 from tl_tensorsim.models.induction import train as train_induction_model
@@ -52,6 +53,11 @@ from tl_tensorsim.tensor_networks import (
 from tl_tensorsim.training import TrainingRun, limit_threads, load_run, train_loop
 
 __all__ = [
+    "InteractionBasis",
+    "InteractionGraph",
+    "interaction",
+    "interaction_basis",
+    "interaction_graph",
     "SubspacePartition",
     "fit_ndm",
     "ndm",

@@ -1,0 +1,125 @@
+"""Interaction graph: edges against brute force, ablation, modules, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.interaction.helpers import NODES, tiny, tokens
+from tl_tensorsim.adapter import ModelView
+from tl_tensorsim.interaction import (
+    AblationCurve,
+    InteractionGraph,
+    Modules,
+    edge_ablation,
+    interaction_basis,
+    interaction_graph,
+    modules,
+    node_ablation,
+    sections,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, data = tiny(0), tokens(40)
+    basis = interaction_basis(model, NODES, data, last_pos_from="blocks.0.hook_resid_mid", progress=False)
+    graph = interaction_graph(basis, model, data, progress=False)
+    with torch.no_grad():
+        labels = model(data)[:, -1].argmax(-1)
+    metric = lambda logits, idx: (logits[:, -1].argmax(-1) == labels[idx]).double()  # noqa: E731
+    return model, data, basis, graph, metric
+
+
+def test_edges_are_squared_gradient_times_activation(setup):
+    """Edge layer 0 (resid_pre, 4 positions -> resid_mid, last position) from a dense jacrev of the section
+    written in basis coordinates, normalised by 1/(N · P_in) (§12 item 11)."""
+    model, data, basis, graph, _ = setup
+    view = ModelView(model)
+    layers = sections.NodeLayers(basis.node_layers, basis.last_position)
+    x = sections.collect(view, layers, data)[0]
+    F = sections.section(view, layers, 0, data, None, True)
+    fh = x @ basis.C[0]
+    h = lambda z: F(z @ basis.C_pinv[0]) @ basis.C[1]  # noqa: E731
+    J = torch.einsum("btibsj->btisj", torch.func.jacrev(h)(fh).detach())
+    A = torch.einsum("btisj,bsj->btij", J, fh)
+    expected = (A * A).sum((0, 1)) / (x.shape[0] * x.shape[1])
+    assert graph.edges[0].shape == (basis.kept[1], basis.kept[0])
+    assert torch.allclose(graph.edges[0], expected, rtol=1e-9)
+    assert all(bool((e >= 0).all()) for e in graph.edges)
+
+
+def test_stochastic_edges_exact_for_one_output_position(setup):
+    model, data, basis, graph, _ = setup
+    g1 = interaction_graph(basis, model, data, n_stochastic_sources=1, progress=False)
+    for a, b in zip(graph.edges, g1.edges):
+        assert torch.allclose(a, b, rtol=1e-9)
+
+
+def test_edge_ablation_bisection(setup):
+    model, data, basis, graph, metric = setup
+    res = edge_ablation(graph, basis, model, data, metric, tolerance=0.0, layers=[1], chunk_size=5)
+    key = "blocks.0.hook_resid_mid -> blocks.0.hook_resid_post"
+    total = graph.edges[1][:, 1:].numel()
+    pts = dict(map(tuple, res.curves[key]))
+    assert res.baseline[key] == pts[total] == res.clean == 1.0
+    n = res.needed[key]
+    assert pts[n] == 1.0 and (n == 0 or pts.get(n - 1, 0.0) < 1.0)
+    assert 0 < n < total and res.total_needed == n
+    assert isinstance(res, AblationCurve) and "edges" in repr(res)
+
+
+def test_top_k_mask(setup):
+    graph = setup[3]
+    m = graph.top_k_mask(1, 7)
+    assert m[:, 0].all() and int(m[:, 1:].sum()) == 7
+    e = graph.edges[1][:, 1:]
+    assert float(e[m[:, 1:]].min()) >= float(e[~m[:, 1:]].max())
+
+
+def test_node_ablation_matches_run_from(setup):
+    """hooks.rotate(basis.node(l), keep=k) against the projected activation fed through run_from."""
+    model, data, basis, _, metric = setup
+    res = node_ablation(basis, model, data, metric, node="blocks.0.hook_resid_pre", keep=[0, 3, basis.kept[0]])
+    view = ModelView(model)
+    x = view.run_with_cache(data, ["blocks.0.hook_resid_pre"])[1]["blocks.0.hook_resid_pre"]
+    nb = basis.node(0)
+    for k, acc in res.curves["blocks.0.hook_resid_pre"]:
+        aug = torch.cat([x, torch.ones_like(x[..., :1])], -1)
+        proj = (aug @ nb.C[:, :k] @ nb.C_pinv[:k])[..., :-1]
+        logits = view.run_from("blocks.0.hook_resid_pre", proj, data)
+        assert acc == float(metric(logits, torch.arange(len(data))).mean())
+    assert res.curves["blocks.0.hook_resid_pre"][-1][1] == 1.0  # every direction kept: full rank, no change
+
+
+def test_modules_and_save_load(tmp_path, setup):
+    import tl_tensorsim as ts
+
+    graph = setup[3]
+    mods = modules(graph, seed=0)
+    assert isinstance(mods, Modules) and -0.5 <= mods.modularity <= 1
+    nodes = sorted(tuple(n) for c in mods.communities for n in c)
+    assert len(nodes) == sum(graph.sizes) - sum(graph.constant)  # every non-constant node, once
+    assert mods == modules(graph, seed=0)
+    graph.save(tmp_path / "g")
+    back = ts.load(tmp_path / "g")
+    assert isinstance(back, InteractionGraph) and back.constant == graph.constant
+    assert all(torch.equal(a, b) for a, b in zip(graph.edges, back.edges))
+    mods.save(tmp_path / "m")
+    assert ts.load(tmp_path / "m").communities == mods.communities
+
+
+def test_bad_input(setup):
+    model, data, basis, graph, metric = setup
+    with pytest.raises(ValueError, match="which"):
+        interaction_graph(basis, model, data, which="svd")
+    with pytest.raises(TypeError, match="basis"):
+        interaction_graph(graph, model, data)
+    with pytest.raises(ValueError, match="normalise"):
+        modules(graph, normalise="log")
+    with pytest.raises(ValueError, match="output"):
+        node_ablation(basis, model, data, metric, node="output", keep=[1])
+    with pytest.raises(ValueError, match="metric"):
+        node_ablation(basis, model, data, lambda logits, idx: logits.sum(), node=0, keep=[1])
