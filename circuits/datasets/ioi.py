@@ -1,0 +1,205 @@
+"""Indirect object identification (IOI) prompts (Wang et al. 2022, arXiv 2211.00593), for any tokenizer.
+
+"When Mary and John went to the store, John gave a drink to" -> " Mary": the subject S (John) occurs twice, the
+indirect object IO (Mary) once; the model should predict IO at the last position END. The 15 BABA templates of the
+paper's dataset ("[B] and [A] ... [B] gave ... to [A]") and their ABBA mirrors (the first clause's two names
+swapped) are filled with single-token names, places and objects.
+
+Corruptions (token substitutions at the name positions, so every position stays aligned with the clean prompt):
+
+- `"swap"`: the IO and S1 name tokens exchanged (ABBA <-> BABA; the NDM paper's tests 1, 2 and 3-pos);
+- `"s_name"`: S1 and S2 become the IO name, IO becomes the S name (the paper's test 3-S_name);
+- `"random"`: IO, S1 and S2 become three distinct other names (ABB -> XYZ, as in ACDC).
+
+Answers stay the clean prompt's (`answers["IO"]`, `answers["S"]`), so a metric measured on any run compares the
+same two tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from tl_tensorsim.checks import check_choice, checked_int
+
+from .base import PromptSet
+from .tokens import TextEncoder, pad_right
+
+PromptType = Literal["ABBA", "BABA", "mixed"]
+Corruption = Literal["swap", "s_name", "random"]
+CORRUPTIONS: tuple[str, ...] = ("swap", "s_name", "random")
+
+# The 15 BABA templates of the IOI dataset ([B] = subject S, [A] = indirect object IO); the answer is the last [A].
+BABA_TEMPLATES: tuple[str, ...] = (
+    "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a lot of fun at the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] were working at the [PLACE]. [B] decided to give a [OBJECT] to [A]",
+    "Then, [B] and [A] were thinking about going to the [PLACE]. [B] wanted to give a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument, and afterwards [B] said to [A]",
+    "After [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give it to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give the [OBJECT] to [A]",
+    "While [B] and [A] were working at the [PLACE], [B] gave a [OBJECT] to [A]",
+    "While [B] and [A] were commuting to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "After the lunch, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Afterwards, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument. Afterwards [B] said to [A]",
+    "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]",
+    "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
+)
+
+
+def mirror(template: str) -> str:
+    """The ABBA version of a BABA template: the first `[B]` and the first `[A]` exchanged."""
+    i, j = template.index("[B]"), template.index("[A]")
+    a, b = sorted((i, j))
+    first, second = template[a : a + 3], template[b : b + 3]
+    return template[:a] + second + template[a + 3 : b] + first + template[b + 3 :]
+
+
+ABBA_TEMPLATES: tuple[str, ...] = tuple(mirror(t) for t in BABA_TEMPLATES)
+
+# first names from the IOI dataset; each is one GPT-2 token with its leading space (checked in the tests)
+NAMES: tuple[str, ...] = (
+    "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel", "David",
+    "James", "Robert", "John", "Joseph", "Andrew", "Ryan", "Brandon", "Jason", "Justin", "Sarah", "William",
+    "Jonathan", "Stephanie", "Brian", "Nicole", "Nicholas", "Anthony", "Heather", "Eric", "Elizabeth", "Adam",
+    "Megan", "Melissa", "Kevin", "Steven", "Thomas", "Timothy", "Christina", "Kyle", "Rachel", "Laura", "Lauren",
+    "Amber", "Brittany", "Danielle", "Richard", "Kimberly", "Jeffrey", "Amy", "Crystal", "Michelle", "Tiffany",
+    "Jeremy", "Benjamin", "Mark", "Emily", "Aaron", "Charles", "Rebecca", "Jacob", "Stephen", "Patrick", "Sean",
+    "Erin", "Jamie", "Kelly", "Samantha", "Nathan", "Sara", "Dustin", "Paul", "Angela", "Tyler", "Scott",
+    "Katherine", "Andrea", "Gregory", "Erica", "Mary", "Travis", "Lisa", "Kenneth", "Bryan", "Lindsey", "Kristen",
+    "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon", "Vanessa", "Courtney", "Christine", "Alicia",
+    "Cody", "Allison", "Bradley", "Samuel",
+)  # fmt: skip
+PLACES: tuple[str, ...] = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station")
+OBJECTS: tuple[str, ...] = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack")
+
+_SLOT = re.compile(r"(\[A\]|\[B\]|\[PLACE\]|\[OBJECT\])")
+
+__all__ = ["ABBA_TEMPLATES", "BABA_TEMPLATES", "CORRUPTIONS", "NAMES", "OBJECTS", "PLACES", "ioi_dataset", "mirror"]
+
+
+def _render(template: str, fill: dict[str, str]) -> tuple[str, list[tuple[str, int]]]:
+    """The prompt (template without its final ` [A]`) and `(slot, char index of the space before it)` per name."""
+    body = template[: template.rindex(" [A]")]
+    text, slots = "", []
+    for piece in _SLOT.split(body):
+        if piece in ("[A]", "[B]"):
+            if not text.endswith(" "):
+                raise ValueError(f"templates: a name must follow a space; got {template!r}")
+            slots.append((piece, len(text) - 1))
+            text += fill[piece]
+        elif piece in ("[PLACE]", "[OBJECT]"):
+            text += fill[piece]
+        else:
+            text += piece
+    return text, slots
+
+
+def _locate(enc: TextEncoder, text: str, ids: list[int], char: int, token: int, name: str) -> int:
+    """The token index of the name whose leading space is at `text[char]`, checked against the full encoding."""
+    prefix = enc.encode(text[:char])
+    k = len(prefix)
+    if ids[:k] != prefix or k >= len(ids) or ids[k] != token:
+        raise ValueError(
+            f"tokenizer: in {text!r} the name {name!r} is not one token after the encoding of {text[:char]!r}; "
+            "the tokenizer merges it with its neighbours, so its position would be wrong"
+        )
+    return k
+
+
+def ioi_dataset(
+    tokenizer: Any,
+    n: int = 100,
+    prompt_type: PromptType = "mixed",
+    *,
+    names: Sequence[str] = NAMES,
+    places: Sequence[str] = PLACES,
+    objects: Sequence[str] = OBJECTS,
+    templates: Sequence[str] = BABA_TEMPLATES,
+    prepend_bos: bool = True,
+    bos_token_id: int | None = None,
+    seed: int = 0,
+) -> PromptSet:
+    """`n` IOI prompts with their three corruptions and positions IO, IO+1, S1, S1+1, S2, END.
+
+    Args:
+        tokenizer: any tokenizer (`TextEncoder` takes a HF tokenizer, a `tokenizers.Tokenizer`, or an object with
+            `encode` / `decode`). Every name must be one token with its leading space (`ValueError` naming it).
+        prompt_type: `"BABA"` (the templates as given), `"ABBA"` (their mirrors) or `"mixed"` (each prompt either,
+            with probability 1/2).
+        templates: BABA templates with `[A]` (IO), `[B]` (S), `[PLACE]`, `[OBJECT]`, ending in ` [A]`.
+        prepend_bos: put the tokenizer's BOS (or `bos_token_id`) first, as the NDM paper's runs do.
+    Returns a `PromptSet` (task `"ioi"`) right-padded to the longest template; `meta["prompt_type"]` and
+    `meta["template"]` per prompt. Cost: O(n) encodings of prompt prefixes.
+    """
+    enc = TextEncoder(tokenizer)
+    n = checked_int(n, "n", 1, "a positive number of prompts")
+    check_choice(prompt_type, PromptType, "prompt_type")
+    names, places, objects = list(names), list(places), list(objects)
+    if len(set(names)) < 5:
+        raise ValueError(
+            f"names: expected at least 5 distinct names (the random corruption needs 3 new ones); got {names}"
+        )
+    if not places or not objects or not templates:
+        raise ValueError("places, objects, templates: expected non-empty lists")
+    for t in templates:
+        if not t.endswith(" [A]") or t.count("[A]") != 2 or t.count("[B]") != 2:
+            raise ValueError(f"templates: expected BABA templates with two [A], two [B], ending in ' [A]'; got {t!r}")
+    name_ids = {nm: enc.single_token(nm, "names") for nm in names}
+    if len(set(name_ids.values())) != len(name_ids):
+        raise ValueError("names: two names map to the same token under this tokenizer")
+    bos, pad = enc.bos_and_pad(prepend_bos, bos_token_id)
+    rng = random.Random(seed)
+    off = int(prepend_bos)
+    rows, corrupt, pos, texts, types, tmpl_ids, io_ids, s_ids = [], {c: [] for c in CORRUPTIONS}, [], [], [], [], [], []
+    for _ in range(n):
+        t_idx = rng.randrange(len(templates))
+        kind = prompt_type if prompt_type != "mixed" else rng.choice(("ABBA", "BABA"))
+        template = templates[t_idx] if kind == "BABA" else mirror(templates[t_idx])
+        io, s = rng.sample(names, 2)
+        fill = {"[A]": io, "[B]": s, "[PLACE]": rng.choice(places), "[OBJECT]": rng.choice(objects)}
+        text, slots = _render(template, fill)
+        ids = enc.encode(text)
+        where = {}
+        for slot, char in slots:
+            nm = fill[slot]
+            k = _locate(enc, text, ids, char, name_ids[nm], nm) + off
+            key = "IO" if slot == "[A]" else ("S1" if "S1" not in where else "S2")
+            where[key] = k
+        where.update({"IO+1": where["IO"] + 1, "S1+1": where["S1"] + 1, "END": len(ids) - 1 + off})
+        full = ([bos] if prepend_bos else []) + ids
+        x, y, z = rng.sample([nm for nm in names if nm not in (io, s)], 3)
+        swapped = list(full)
+        swapped[where["IO"]], swapped[where["S1"]] = full[where["S1"]], full[where["IO"]]
+        s_name = list(full)
+        s_name[where["S1"]] = s_name[where["S2"]] = name_ids[io]
+        s_name[where["IO"]] = name_ids[s]
+        rand = list(full)
+        rand[where["IO"]], rand[where["S1"]], rand[where["S2"]] = name_ids[x], name_ids[y], name_ids[z]
+        for c, r in zip(CORRUPTIONS, (swapped, s_name, rand)):
+            corrupt[c].append(r)
+        rows.append(full)
+        pos.append(where)
+        texts.append(text)
+        types.append(kind)
+        tmpl_ids.append(t_idx)
+        io_ids.append(name_ids[io])
+        s_ids.append(name_ids[s])
+    clean, lengths = pad_right(rows, pad)
+    return PromptSet(
+        task="ioi",
+        clean=clean,
+        corrupted={c: pad_right(r, pad)[0] for c, r in corrupt.items()},
+        positions={k: torch.tensor([p[k] for p in pos]) for k in ("IO", "IO+1", "S1", "S1+1", "S2", "END")},
+        answers={"IO": torch.tensor(io_ids), "S": torch.tensor(s_ids)},
+        lengths=lengths,
+        texts=texts,
+        pad_token_id=int(pad),
+        meta={"prompt_type": types, "template": tmpl_ids, "seed": seed, "prepend_bos": prepend_bos},
+    )
