@@ -74,3 +74,14 @@ def test_a_file_of_another_shape_is_named_before_any_tensor_is_read(tmp_path):
         match=r"a\.safetensors holds blocks\.0\.attn\.W_Q of shape \[8, 32, 4\], this model's is \[4, 32, 8\]",
     ):
         ModelView(make_bridge(seed=0)).with_weights(tmp_path / "a.safetensors", "checkpoints[0]")
+
+
+def test_a_metric_that_runs_the_model_loads_files_into_a_private_copy(bridges, tmp_path):
+    folder = _write(bridges[:2], tmp_path / "run", ["step_1.safetensors", "step_2.pt"])
+    template = make_bridge(seed=9)
+    before = {k: v.clone() for k, v in template.state_dict().items()}
+    tokens = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(0))
+    from_files = checkpoint_similarity(folder, metric="behavioral", tokens=tokens, model=template, progress=False)
+    from_models = checkpoint_similarity(bridges[:2], metric="behavioral", tokens=tokens, progress=False)
+    torch.testing.assert_close(from_files.values, from_models.values, atol=1e-6, rtol=0)
+    assert all(torch.equal(v, before[k]) for k, v in template.state_dict().items())

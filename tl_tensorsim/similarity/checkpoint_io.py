@@ -146,10 +146,15 @@ def _check_item(item: Any, i: int) -> str:
 
 
 def resolve_checkpoints(
-    checkpoints: Any, checkpoint_indices: Sequence[int] | None, model: Any, pretrained_kwargs: dict | None
+    checkpoints: Any,
+    checkpoint_indices: Sequence[int] | None,
+    model: Any,
+    pretrained_kwargs: dict | None,
+    runnable: bool = False,
 ) -> tuple[list[Callable[[], Any]], list[Any] | None]:
     """(loaders, default steps): one zero-argument loader per checkpoint, called in order. Every argument and
-    file is checked first. A loaded model is referenced only while its summary is taken (TransformerLens models
+    file is checked first. `runnable=True`: state dicts and files are loaded into a private copy of the template
+    (the metric runs the model), else read lazily as weights-only views. A loaded model is referenced only while its summary is taken (TransformerLens models
     hold no reference cycles), so it is freed before the next one loads."""
     _check_template_source(model)
     if hasattr(checkpoints, "checkpoints") and not isinstance(checkpoints, (str, os.PathLike, Sequence)):
@@ -186,12 +191,13 @@ def resolve_checkpoints(
 
     def load_into(state: Mapping[str, Tensor] | Path, i: int, where: str) -> ModelView:
         """Checkpoint `i` as a view: read lazily with the template's config (files: only the tensors the analysis
-        looks up), or, for a bridge over a Hugging Face model, loaded into a private copy."""
+        looks up), or loaded into a private copy (a metric that runs the model; a bridge over a Hugging Face
+        model)."""
         if not template:
             template.append(_template_view(model))
         view = template[0]
         try:
-            if view.takes_tl_weights:
+            if view.takes_tl_weights and not runnable:
                 return view.with_weights(state, f"checkpoints[{i}]{where}")
             if not isinstance(state, Mapping):
                 state = read_state_dict(state, f"checkpoints[{i}]")

@@ -227,7 +227,9 @@ def checkpoint_similarity(
     token_level = metric == "tensor" and level == "token"
     if positions and not token_level:
         raise ValueError("positions: only used with metric='tensor' and level='token'")
-    loaders, default_steps = resolve_checkpoints(checkpoints, checkpoint_indices, model, from_pretrained_kwargs)
+    loaders, default_steps = resolve_checkpoints(
+        checkpoints, checkpoint_indices, model, from_pretrained_kwargs, runnable=metric == "behavioral"
+    )
     T = len(loaders)
     steps = (
         [s.item() if hasattr(s, "item") else s for s in steps]
