@@ -138,3 +138,10 @@ def test_value_objects_print_shapes_not_tensors():
     assert "depth 2: 6 -> embed 4 -> bilinear (residual) 4 -> bilinear (residual) 4 -> unembed 3, float64" in text
     for obj in (layer, net.to_chain()):
         assert "tensor(" not in repr(obj) and "\n" not in repr(obj) and str(obj) == repr(obj)
+
+
+def test_residual_is_one_flag_per_network():
+    from tl_tensorsim.models.tensor_network import TensorNetworkConfig
+
+    with pytest.raises(TypeError, match=r"residual: expected one bool for the whole network; got \[True, False\]"):
+        TensorNetworkConfig(d_in=4, d_model=4, d_hidden=4, n_layers=2, d_out=2, residual=[True, False])

@@ -64,6 +64,11 @@ class TensorNetworkConfig(DictConfig):
             raise ValueError(f"d_in / d_vocab: set exactly one; got d_in={self.d_in}, d_vocab={self.d_vocab}")
         if self.n_layers < 0:
             raise ValueError(f"n_layers: expected >= 0; got {self.n_layers}")
+        if not isinstance(self.residual, bool):
+            raise TypeError(
+                f"residual: expected one bool for the whole network; got {self.residual!r} (hint: per-layer residual "
+                "flags are a TensorChain's: tensor_networks.chain_from_layers)"
+            )
         if isinstance(self.d_hidden, int):
             self.d_hidden = [self.d_hidden] * self.n_layers
         self.d_hidden = [int(h) for h in self.d_hidden]
