@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tl_tensorsim.artifacts import DictConfig
-from tl_tensorsim.training import Losses, TrainingRun, limit_threads, load_run, train_loop
+from tl_tensorsim.training import Losses, TrainingRun, latest_checkpoint_step, limit_threads, load_run, train_loop
 
 
 @dataclasses.dataclass
@@ -75,28 +75,66 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, _Stop])
-def test_resume_after_an_interrupt_gives_the_uninterrupted_run(tmp_path, interrupt):
-    full = _train(Cfg())
+def _interrupted(folder, interrupt: type[BaseException]) -> None:
+    """The run of `_train(Cfg())` with checkpoints every 4 steps in `folder`, interrupted in update 10 (after the
+    checkpoint at step 8, before the one at 12)."""
     model, opt, sched, batch_loss, evaluate = _setup(Cfg())
 
     def failing(step, gen):
-        if step == 9:  # after the checkpoint at step 8, before the one at 12
+        if step == 9:
             raise interrupt()
         return batch_loss(step, gen)
 
     with pytest.raises(interrupt):
         train_loop(
             model, opt, failing, 12, seed=3, config=Cfg(), scheduler=sched, evaluate=evaluate,
-            eval_steps={0, 4, 8, 12}, keep_steps={0, 6, 12}, checkpoint_dir=tmp_path, checkpoint_every=4, progress=False,
+            eval_steps={0, 4, 8, 12}, keep_steps={0, 6, 12}, checkpoint_dir=folder, checkpoint_every=4, progress=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, _Stop])
+def test_resume_after_an_interrupt_gives_the_uninterrupted_run(tmp_path, interrupt, capsys):
+    full = _train(Cfg())
+    _interrupted(tmp_path, interrupt)
     assert [p.name for p in (tmp_path / "resume").iterdir()] == ["step_00000008"]  # the last one, and only it
+    assert latest_checkpoint_step(tmp_path) == 8 and latest_checkpoint_step(tmp_path / "none") is None
+    if interrupt is KeyboardInterrupt:
+        assert "train: interrupted after step 9; the checkpoint at step 8 in" in capsys.readouterr().err
     resumed = _train(Cfg(), checkpoint_dir=tmp_path, checkpoint_every=4, resume=True)
     _same(resumed, full)
     assert resumed.seconds > 0
     loaded = load_run(tmp_path, torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)))
     _same(loaded, full)
     assert loaded.config == Cfg().to_dict()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_a_loop_that_does_not_write_resumes_from_the_shared_folder(tmp_path):
+    """The other ranks of a distributed run: `write_checkpoints=False` reads the folder rank 0 writes, never
+    writes into it, and resumes from rank 0's checkpoint with the uninterrupted run's numbers."""
+    full = _train(Cfg())
+    quiet = _train(Cfg(), checkpoint_dir=tmp_path / "quiet", checkpoint_every=4, write_checkpoints=False)
+    assert not (tmp_path / "quiet").exists()
+    _same(quiet, full)
+    shared = tmp_path / "shared"
+    _interrupted(shared, _Stop)
+    before = _files(shared)
+    assert sorted(str(p) for p in before if len(p.parts) == 2) == [
+        "resume/step_00000008", "states/step_00000000", "states/step_00000006"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="already holds a training run"):  # the same refusal as the writing rank's
+        _train(Cfg(), checkpoint_dir=shared, write_checkpoints=False)
+    reader = _train(Cfg(), checkpoint_dir=shared, checkpoint_every=4, resume=True, write_checkpoints=False)
+    assert _files(shared) == before  # nothing written, moved or removed
+    writer = _train(Cfg(), checkpoint_dir=shared, checkpoint_every=4, resume=True)
+    _same(reader, full)
+    _same(writer, full)
+    assert latest_checkpoint_step(shared) == 12
+    with pytest.raises(TypeError, match="write_checkpoints: expected a bool; got str"):
+        _train(Cfg(), write_checkpoints="no")
 
 
 def test_checkpoint_folder_guards(tmp_path):

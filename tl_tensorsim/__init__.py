@@ -16,6 +16,7 @@ by `ts.bilinear_config`) adds `act_fn="identity"`, with which `gated_mlp=True` M
 """
 
 from tl_tensorsim import circuits, hooks, interaction, ndm, proofs
+from tl_tensorsim.activation_store import ActivationStore, load_activations
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import ModelConfig, ModelLike, ModelView, as_view
 from tl_tensorsim.artifacts import Artifact, Provenance, load, load_artifact, save_artifact
@@ -53,6 +54,8 @@ from tl_tensorsim.tensor_networks import (
 from tl_tensorsim.training import TrainingRun, limit_threads, load_run, train_loop
 
 __all__ = [
+    "ActivationStore",
+    "load_activations",
     "InteractionBasis",
     "InteractionGraph",
     "interaction",

@@ -6,31 +6,48 @@ later blocks and the unembedding are skipped. Rows are the selected `(sequence, 
 flattened. When the result would not fit in `max_memory_bytes`
 (or `out=` names a file) it is written as it comes to a `.npy` file and returned as a tensor view of that file
 (memory-mapped): a dataset larger than memory streams through.
+
+**Stores over several processes.** When `out` is a folder (no `.npy` suffix) the rows go to an activation store:
+one `.npy` part per process plus `manifest.json`, read back as one array by `ActivationStore` (`load_activations`;
+both in `tl_tensorsim.activation_store`, re-exported here).
+Under `torch.distributed` (e.g. `torchrun --nproc-per-node N`) each rank runs its contiguous share of the sequences
+(`tl_tensorsim.distributed.shard_range`) and writes its own part; rank order is sequence order, so the store holds
+exactly the rows one process would collect, in the same order. The folder must be visible to every rank.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from tl_tensorsim.activation_store import (
+    MANIFEST,
+    STORE_FORMAT,
+    ActivationStore,
+    RowWriter,
+    load_activations,
+    part_name,
+    write_manifest,
+)
 from tl_tensorsim.adapter import ModelLike, as_view
 from tl_tensorsim.checks import as_token_tensor, check_token_range, checked_int
+from tl_tensorsim.distributed import Collectives
 from tl_tensorsim.positions import Positions, check_positions, normalize_positions, positions_mask
 
 DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
 DEFAULT_BATCH_TOKENS = 8192  # tokens per forward pass: at context 1024, 8 sequences (not batch_size = 32)
 TOKEN_COLUMNS = ("tokens", "input_ids")
-_NPY_HEADER_BYTES = 256  # reserved up front so the header can be written once the row count is known
-_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 _EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
+__all__ = [  # the store's names are re-exported: they lived here before tl_tensorsim.activation_store
+    "DEFAULT_BATCH_TOKENS", "DEFAULT_MAX_MEMORY_BYTES", "MANIFEST", "STORE_FORMAT", "TOKEN_COLUMNS", "ActivationStore",
+    "collect_activations", "load_activations", "rows_per_batch",
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -53,6 +70,7 @@ class _Data:
 
     def __init__(self, data: Any):
         self.tensor: Tensor | None = None
+        self.start = 0  # first sequence of a dataset (this rank's share)
         self.dataset: Any = None
         self.iterable: Any = None
         if isinstance(data, str) or (isinstance(data, (list, tuple)) and data and isinstance(data[0], str)):
@@ -76,13 +94,24 @@ class _Data:
                 f"{' or '.join(TOKEN_COLUMNS)} column, or an iterable of sequences; got {type(data).__name__}"
             )
 
+    def shard(self, lo: int, hi: int) -> None:
+        """Keep sequences `lo..hi-1` only (this rank's share)."""
+        self.start, self.n_seq = lo, hi - lo
+        if self.tensor is not None:
+            self.tensor = self.tensor[lo:hi]
+            self.start = 0
+        elif self.iterable is not None:
+            self.iterable = itertools.islice(self.iterable, lo, hi)
+            self.start = 0
+
     def chunks(self, batch_size: int) -> Iterator[Tensor]:
         if self.tensor is not None:
             for i in range(0, self.n_seq, batch_size):
                 yield self.tensor[i : i + batch_size]
         elif self.dataset is not None:
-            for i in range(0, self.n_seq, batch_size):
-                rows = self.dataset[i : i + batch_size][self.column]
+            start = self.start
+            for i in range(start, start + self.n_seq, batch_size):
+                rows = self.dataset[i : min(i + batch_size, start + self.n_seq)][self.column]
                 if isinstance(rows, Tensor) and rows.ndim == 2:
                     yield as_token_tensor(rows, "tokens_or_dataset")
                 else:
@@ -121,113 +150,6 @@ def _batches(chunks: Iterator[Tensor], batch_size: int, batch_tokens: int | None
         yield torch.cat(pending) if len(pending) > 1 else pending[0]
 
 
-# ---------------------------------------------------------------------------------------------- output
-def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    body = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
-    room = _NPY_HEADER_BYTES - 10 - 1  # magic (6) + version (2) + length (2); header ends with "\n"
-    if len(body) > room:  # pragma: no cover - shapes have at most a few dimensions
-        raise ValueError(f"shape {shape} does not fit in the reserved .npy header")
-    text = (body + " " * (room - len(body)) + "\n").encode("latin1")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
-
-
-class _Store:
-    """Rows `[m, *row_shape]` appended in order; kept in memory, or streamed to a `.npy` file."""
-
-    def __init__(
-        self,
-        row_shape: tuple[int, ...],
-        dtype: torch.dtype | None,
-        out: str | os.PathLike | None,
-        max_memory_bytes: int,
-        n_rows: int | None,
-    ):
-        self.row_shape = row_shape
-        self.row_numel = int(np.prod(row_shape)) if row_shape else 1
-        self.dtype = dtype
-        self.path: Path | None = Path(out) if out is not None else None
-        self.keep_file = out is not None
-        self.max_memory_bytes = int(max_memory_bytes)
-        self.n_rows = n_rows  # known in advance (tensor input), or None
-        self.rows = 0
-        self.chunks: list[Tensor] = []
-        self.buffer: Tensor | None = None
-        self.file = None
-
-    # --------------------------------------------------------- helpers
-    def _file_dtype(self) -> np.dtype:
-        return np.dtype(_NUMPY_DTYPES.get(self.dtype, np.float32))
-
-    def _open_file(self) -> None:
-        if self.path is None:
-            fd, name = tempfile.mkstemp(prefix="tl_tensorsim_activations_", suffix=".npy")
-            os.close(fd)
-            self.path = Path(name)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "wb")  # closed in finish()/abort()
-        self.file.write(b"\0" * _NPY_HEADER_BYTES)
-        for chunk in self.chunks:
-            self._write(chunk)
-        self.chunks = []
-
-    def _write(self, rows: Tensor) -> None:
-        np.ascontiguousarray(rows.numpy().astype(self._file_dtype(), copy=False)).tofile(self.file)
-
-    def _bytes(self, n_rows: int) -> int:
-        return n_rows * self.row_numel * torch.empty((), dtype=self.dtype).element_size()
-
-    # --------------------------------------------------------- API
-    def append(self, rows: Tensor) -> None:
-        if self.dtype is None:
-            self.dtype = rows.dtype
-        rows = rows.detach().to("cpu", self.dtype)
-        if self.file is None and (
-            self.path is not None
-            or self._bytes(self.rows + rows.shape[0]) > self.max_memory_bytes
-            or (self.n_rows is not None and self._bytes(self.n_rows) > self.max_memory_bytes)
-        ):
-            self._open_file()
-        if self.file is not None:
-            self._write(rows)
-        elif self.n_rows is not None:
-            if self.buffer is None:
-                self.buffer = torch.empty((self.n_rows, *self.row_shape), dtype=self.dtype)
-            self.buffer[self.rows : self.rows + rows.shape[0]] = rows
-        else:
-            self.chunks.append(rows.clone())
-        self.rows += rows.shape[0]
-
-    def finish(self) -> Tensor:
-        dtype = self.dtype or torch.float32
-        if self.file is None:
-            if self.buffer is not None:
-                return self.buffer[: self.rows]
-            if not self.chunks:
-                return torch.empty((0, *self.row_shape), dtype=dtype)
-            return torch.cat(self.chunks)
-        self.file.seek(0)
-        self.file.write(_npy_header((self.rows, *self.row_shape), self._file_dtype()))
-        self.file.close()
-        self.file = None
-        array = np.load(self.path, mmap_mode="c") if self.rows else np.empty((0, *self.row_shape), self._file_dtype())
-        if not self.keep_file:
-            try:
-                os.unlink(self.path)  # the mapping stays valid; the disk space is freed with the tensor
-            except OSError:  # pragma: no cover - e.g. Windows keeps mapped files
-                pass
-        return torch.from_numpy(array)
-
-    def abort(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-            try:
-                os.unlink(self.path)
-            except OSError:  # pragma: no cover
-                pass
-
-
 # ---------------------------------------------------------------------------------------------- main
 def _stop_layer(view: Any, name: str) -> int | None:
     layer = view.hook_layer(name)
@@ -252,7 +174,8 @@ def collect_activations(
     out: str | os.PathLike | None = None,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     progress: bool = True,
-) -> Tensor:
+    distributed: bool | None = None,
+) -> Tensor | ActivationStore:
     """The activations of `model` at `hook_name`, one row per selected `(sequence, position)`: `[n, d]`.
 
     Args:
@@ -275,12 +198,19 @@ def collect_activations(
         device: where the tokens go (default: the model's device). The result is always on the CPU.
         dtype: the result's dtype (default: the activation's).
         out: a `.npy` path to stream the result to; the returned tensor is a (copy-on-write) memory map of it.
+            A folder (any path without the `.npy` suffix): write an activation store there (one part per process
+            + `manifest.json`) and return it as an `ActivationStore`.
         max_memory_bytes: above this size the result is streamed to a temporary `.npy` file (deleted once
             mapped; the memory map keeps it alive), even without `out`.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (on rank 0 only under `torch.distributed`).
+        distributed: when a `torch.distributed` process group with more than one process is up, True makes each
+            rank collect its contiguous share of the sequences into its part of the store `out` (a folder every
+            rank can see; the input's length must be known); False: every process collects everything. None
+            (default): True when `out` is a folder, else False.
 
     Returns:
-        `Tensor[n, d]` (`[n, *feature_shape]` for a per-head hook without `head=`), in sequence-then-position order.
+        `Tensor[n, d]` (`[n, *feature_shape]` for a per-head hook without `head=`), in sequence-then-position order;
+        an `ActivationStore` holding the same rows when `out` is a folder.
 
     Raises:
         ValueError: an unknown hook name (the nearest names are listed), a hook without a feature axis, a bad
@@ -318,6 +248,31 @@ def collect_activations(
         raise TypeError(f"dtype: expected a floating dtype; got {dtype}")
     if device is None:
         device = view.device
+    folder = Path(out) if out is not None and Path(out).suffix != ".npy" else None
+    share = distributed if distributed is not None else folder is not None
+    comm = Collectives.current() if share else Collectives.single()
+    if comm.distributed:
+        if folder is None:
+            raise ValueError(
+                f"out: under torch.distributed ({comm.world} processes) the rows go to an activation store folder "
+                f"that every rank can see; got {out!r}. Pass out=FOLDER, or distributed=False"
+            )
+        if data.n_seq is None:
+            raise ValueError(
+                "tokens_or_dataset: under torch.distributed the input's length must be known (a tensor, a dataset "
+                "or a sized iterable), so that each rank can take its share"
+            )
+    shard = comm.shard(data.n_seq) if comm.distributed else (0, data.n_seq)
+    if comm.distributed:
+        data.shard(*shard)
+        if isinstance(positions, Tensor):
+            positions = positions[shard[0] : shard[1]]
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if comm.is_main:
+            (folder / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until the new manifest
+        out = folder / part_name(comm.rank, comm.world)
+    progress = progress and comm.is_main
 
     n_rows = None
     if data.tensor is not None:
@@ -326,7 +281,7 @@ def collect_activations(
             if positions is not None
             else data.n_seq * data.seq
         )
-    store = _Store(row_shape, dtype, out, max_memory_bytes, n_rows)
+    store = RowWriter(row_shape, dtype, out, max_memory_bytes, n_rows)
     stop = _stop_layer(view, hook_name)
     captured: list[Tensor] = []
 
@@ -359,7 +314,13 @@ def collect_activations(
                 store.append(rows if dtype is None else rows.to(dtype))
                 done += b
                 bar.update(b)
-        return store.finish()
+        result = store.finish()
+        if folder is None:
+            return result
+        info = {"shape": list(row_shape), "dtype": store.file_dtype().name, "hook_name": hook_name,
+                "model_name": view.cfg.model_name}  # fmt: skip
+        write_manifest(folder, comm, len(result), shard, info)
+        return ActivationStore(folder)
     except BaseException:
         store.abort()
         raise

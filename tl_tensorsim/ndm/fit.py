@@ -4,6 +4,14 @@
 Long runs go through `tl_tensorsim.training.train_loop`: a tqdm bar with the loss, the number of subspaces and the
 last mean pairwise MI; with `checkpoint_dir`, checkpoints every `checkpoint_every` steps (atomic, so Ctrl-C leaves
 the last one valid) and `resume=True` continuing from the last one with results identical to an uninterrupted run.
+
+Under `torch.distributed` (a process group of W > 1 ranks, e.g. `torchrun --nproc-per-node W`; Gloo on CPUs,
+NCCL on GPUs) every rank calls `fit_ndm` with the same arguments: the key pool is sharded (`ndm.sharded`), the
+rotation is replicated with its gradient all-reduced, the MI counts are reduced over ranks, so every rank returns the
+same partition, equal to a one-process fit within float rounding. Only rank 0 shows progress and writes
+checkpoints; `checkpoint_dir` must be one folder every rank sees (a shared filesystem): after a barrier (so that
+rank 0's last write is complete) the ranks check that they see the same last checkpoint, and every rank resumes from
+rank 0's files (`train_loop(write_checkpoints=False)` on the others).
 """
 
 from __future__ import annotations
@@ -17,27 +25,25 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_tensorsim.activation_store import ActivationStore
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import as_view
 from tl_tensorsim.artifacts import Provenance
 from tl_tensorsim.checks import as_token_tensor, check_choice, checked_int
+from tl_tensorsim.distributed import Collectives
 from tl_tensorsim.ndm.objective import Parametrization
 from tl_tensorsim.ndm.partition import SubspacePartition, check_sizes, mean_pairwise
 from tl_tensorsim.ndm.trainer import NDMSettings, NDMState
 from tl_tensorsim.positions import Positions, positions_mask
-from tl_tensorsim.training import Losses, limit_threads, train_loop
+from tl_tensorsim.training import Losses, latest_checkpoint_step, limit_threads, train_loop
 
 SMALL_STEP = 2**26  # batch x key pool x d below which a step runs on one thread
 POSTFIX = {"loss": ("loss", ".4g"), "S": ("n_subspaces", "d"), "mi": ("mean_mi", ".3g")}
 
 
-def _gather(
-    model: Any, hook_name: str, data: Any, positions: Positions, exclude_bos: bool, batch_size: int, progress: bool
-) -> Tensor:
-    """The activations of `model` at `hook_name` on token ids `data`, position 0 left out when `exclude_bos`."""
-    view = as_view(model)
-    view.check_hook_name(hook_name)
-    tokens = as_token_tensor(data, "data")
+def selection_mask(tokens: Tensor, positions: Positions, exclude_bos: bool) -> Tensor:
+    """The rows an NDM fit on token ids `[n_seq, pos]` uses: a boolean mask `[n_seq, pos]` of `positions`
+    (None: all), position 0 left out when `exclude_bos`. `ValueError` when nothing is selected."""
     mask = positions_mask(positions, *tokens.shape)
     if mask is None:
         mask = torch.ones(tokens.shape, dtype=torch.bool)
@@ -48,7 +54,20 @@ def _gather(
         raise ValueError(
             f"positions: no position selected in data of shape {list(tokens.shape)} (exclude_bos={exclude_bos})"
         )
-    return collect_activations(model, tokens, hook_name, mask, batch_size, dtype=torch.float32, progress=progress)
+    return mask
+
+
+def _gather(
+    model: Any, hook_name: str, data: Any, positions: Positions, exclude_bos: bool, batch_size: int, progress: bool
+) -> Tensor:
+    """The activations of `model` at `hook_name` on token ids `data`, position 0 left out when `exclude_bos`."""
+    view = as_view(model)
+    view.check_hook_name(hook_name)
+    tokens = as_token_tensor(data, "data")
+    mask = selection_mask(tokens, positions, exclude_bos)
+    return collect_activations(
+        model, tokens, hook_name, mask, batch_size, dtype=torch.float32, progress=progress, distributed=False
+    )
 
 
 def _check_settings(s: NDMSettings, n: int, d: int) -> NDMSettings:
@@ -119,6 +138,7 @@ def fit_ndm(
     collect_batch_size: int = 32,
     threads: int | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> SubspacePartition:
     """Fit an NDM subspace partition (arXiv 2508.01916, Sec. 3; defaults: the paper's GPT-2 settings).
 
@@ -130,7 +150,8 @@ def fit_ndm(
 
     Args:
         acts_or_model: activations `Tensor[n, d]` (any float dtype; in memory or memory-mapped from
-            `collect_activations`, rows are read as drawn), or a model (`HookedTransformer`/`TransformerBridge`).
+            `collect_activations`, rows are read as drawn), an `ActivationStore` (read as one array), or a model
+            (`HookedTransformer`/`TransformerBridge`).
         hook_name, data: with a model, the hook point and token ids `[n_seq, pos]`; activations are gathered with
             `collect_activations` at `positions` (None: all), leaving out position 0 when `exclude_bos`.
         unit_size: width of the initial equal blocks (must divide d). sizes: a fixed partition instead (no merging).
@@ -153,17 +174,23 @@ def fit_ndm(
         log_every: steps per entry of `history` and per progress-bar update.
         threads: torch intra-op threads during the fit (None: one thread for small problems, where
             synchronisation costs more than it saves, else torch's setting).
+        distributed: None (default): share the fit among the ranks of the `torch.distributed` process group when
+            one with more than one process is up (see the module docstring; with a model, each rank collects the
+            activations itself); False: this process alone.
 
     Returns:
         A `SubspacePartition` (`method="ndm"`) with the final loss (mean over the last `log_every` steps), the
         pairwise MI of the final partition, `history`, and provenance (model, hook, every setting).
     """
     models: tuple[str, ...] = ()
-    if isinstance(acts_or_model, Tensor):
+    comm = Collectives.single() if distributed is False else Collectives.current()
+    if isinstance(acts_or_model, (Tensor, ActivationStore)):
         if hook_name is not None or data is not None:
             raise ValueError("hook_name, data: only used with a model; pass activations alone, or a model with both")
         acts = acts_or_model
         hooks: tuple[str, ...] = ()
+        if isinstance(acts, ActivationStore):  # the store knows where its rows came from
+            models, hooks = (acts.manifest.get("model_name"),), (acts.manifest.get("hook_name"),)
     else:
         if hook_name is None or data is None:
             raise ValueError(
@@ -189,10 +216,17 @@ def fit_ndm(
     log_every = checked_int(log_every, "log_every", 1, "a positive int")
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs checkpoint_dir=, the folder the interrupted run wrote its checkpoints to")
+    if comm.distributed and min(key_pool, acts.shape[0]) < comm.world:
+        raise ValueError(
+            f"key_pool: each of the {comm.world} processes needs at least one key; got a pool of "
+            f"{min(key_pool, acts.shape[0])}"
+        )
     if threads is None:
         threads = 1 if batch_size * min(key_pool, acts.shape[0]) * acts.shape[1] < SMALL_STEP else None
-    state = NDMState(acts, settings, torch.device(acts.device if device is None else device))
-    run = _train(state, log_every, checkpoint_dir, checkpoint_every, resume, progress, threads)
+    state = NDMState(acts, settings, torch.device(acts.device if device is None else device), comm)
+    if checkpoint_dir is not None and comm.distributed:
+        _check_shared_folder(checkpoint_dir, comm)
+    run = _train(state, log_every, checkpoint_dir, checkpoint_every, resume, progress and comm.is_main, threads)
     end = int(state.done_step) if state.done else settings.max_steps
     mi = state.last_mi() if state.done else None
     if mi is None:
@@ -206,6 +240,22 @@ def fit_ndm(
         history=history,
         provenance=provenance,
     )
+
+
+def _check_shared_folder(checkpoint_dir: str | os.PathLike, comm: Collectives) -> None:
+    """Wait until every rank is here (rank 0's last checkpoint write is then complete), then check that every rank
+    sees the same last checkpoint in `checkpoint_dir` (rank 0 writes, all resume from it); `ValueError` on every
+    rank otherwise, before any training collective (so no rank is left waiting)."""
+    comm.barrier()
+    step = latest_checkpoint_step(checkpoint_dir)
+    seen = comm.all_gather(torch.tensor(-1 if step is None else step)).tolist()
+    if len(set(seen)) > 1:
+        shown = ", ".join(f"rank {r}: {'none' if s < 0 else f'step {s}'}" for r, s in enumerate(seen))
+        raise ValueError(
+            f"checkpoint_dir: every process must see the same folder (rank 0 writes the checkpoints, every rank "
+            f"resumes from them); the last checkpoint in {checkpoint_dir} differs across ranks ({shown}): use a "
+            "folder on a filesystem shared by every process"
+        )
 
 
 def _train(
@@ -235,7 +285,8 @@ def _train(
     return train_loop(
         state, state.optimizer, state.batch_loss, s.max_steps, seed=s.seed, config=s, evaluate=evaluate,
         eval_steps=eval_steps, checkpoint_dir=checkpoint_dir,
-        checkpoint_every=None if checkpoint_dir is None else checkpoint_every, resume=resume, postfix=POSTFIX,
+        checkpoint_every=checkpoint_every if checkpoint_dir is not None else None, resume=resume,
+        write_checkpoints=state.comm.is_main, postfix=POSTFIX,
         desc="fit_ndm", progress=progress, threads=threads,
     )  # fmt: skip
 

@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.checks import checked_int
+from tl_tensorsim.distributed import Collectives, shard_range
 from tl_tensorsim.ndm.objective import size_groups
 from tl_tensorsim.ndm.partition import SubspacePartition, as_partition
 
@@ -47,35 +48,75 @@ def _scaled_distances(q: Tensor, k: Tensor, k_norms: list[Tensor], sizes: Sequen
     return out / scale[:, None, None]
 
 
+def _scale(keys: Tensor, sizes: Sequence[int], n_k: int, comm: Collectives) -> Tensor:
+    """sqrt of each subspace's total variance over the keys of every rank (two passes, float64), `[S]`."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    x = keys.to(torch.float64)
+    mean = comm.all_reduce(x.sum(0)) / n_k
+    var = comm.all_reduce((x - mean).square().sum(0)) / max(n_k - 1, 1)
+    return torch.stack([var[a : a + s].sum() for a, s in zip(starts, sizes)]).clamp_min(1e-30).sqrt().to(keys.dtype)
+
+
+def _pair_eps(dist: Tensor) -> list[Tensor]:
+    """For each subspace i, the joint (max) distance to the nearest key for every pair (i, j > i): `[S-i-1, q]`."""
+    return [torch.maximum(dist[i : i + 1], dist[i + 1 :]).amin(-1) for i in range(len(dist) - 1)]
+
+
+def _pair_counts(dist: Tensor, eps: list[Tensor]) -> list[Tensor]:
+    """For each i: `[3, S-i-1, q]` counts of keys (n_i, n_j, k̃ − 0): strictly closer than ε in subspace i and j,
+    and at joint distance 0; for a query with ε = 0 (exact duplicates), the keys at distance 0 in i and j."""
+    out = []
+    for i, e in enumerate(eps):
+        n_i = (dist[i : i + 1] < e[..., None]).sum(-1, dtype=torch.int32)
+        n_j = (dist[i + 1 :] < e[..., None]).sum(-1, dtype=torch.int32)
+        k_tilde = torch.zeros_like(n_i)
+        tied = (e == 0).nonzero(as_tuple=True)  # exact duplicates: the mixture rule
+        if len(tied[0]):
+            joint = torch.maximum(dist[i][tied[1]], dist[i + 1 :][tied])
+            k_tilde[tied] = (joint == 0).sum(-1, dtype=torch.int32)
+            n_i[tied] = (dist[i][tied[1]] == 0).sum(-1, dtype=torch.int32)
+            n_j[tied] = (dist[i + 1 :][tied] == 0).sum(-1, dtype=torch.int32)
+        out.append(torch.stack([n_i, n_j, k_tilde]))
+    return out
+
+
 def ksg_pairwise(
-    queries: Float[Tensor, "n_q d"], keys: Float[Tensor, "n_k d"], sizes: Sequence[int]
+    queries: Float[Tensor, "n_q d"],
+    keys: Float[Tensor, "n_k d"],
+    sizes: Sequence[int],
+    comm: Collectives | None = None,
 ) -> Float[Tensor, "n_subspaces n_subspaces"]:
     """KSG (k=1) mutual information between every pair of the contiguous column blocks `sizes` of already
     rotated `queries` and `keys` (disjoint samples), each block's distances scaled by sqrt of its total variance
-    (estimated on the keys). Returns a symmetric float64 matrix in nats, diagonal 0 (not estimated)."""
-    n_s, n_k = len(sizes), len(keys)
-    starts = [sum(sizes[:i]) for i in range(n_s)]
-    var = keys.to(torch.float64).var(0)
-    scale = torch.stack([var[a : a + s].sum() for a, s in zip(starts, sizes)]).clamp_min(1e-30).sqrt().to(keys.dtype)
+    (estimated on the keys). Returns a symmetric float64 matrix in nats, diagonal 0 (not estimated).
+
+    `comm`: under `torch.distributed`, `keys` is this rank's shard of the key set (queries the same on every
+    rank); ε is the minimum over ranks and the neighbour counts their sum, so every rank gets the same matrix,
+    equal to the estimate over all keys. Cost per query: `S · n_k · d` multiply-adds for the distances and
+    `S² · n_k / 2` comparisons; communication per block of queries: `S²/2 · q` floats and `3 S²/2 · q` counts."""
+    comm = comm or Collectives.single()
+    n_s = len(sizes)
+    if n_s < 2:  # no pair
+        return torch.zeros(n_s, n_s, dtype=torch.float64, device=keys.device)
+    n_k = int(comm.all_reduce(torch.tensor(len(keys))))
+    scale = _scale(keys, sizes, n_k, comm)
     k_norms = [keys[:, g.cols.to(keys.device)].square().sum(-1).T for g in size_groups(sizes)]
     psi_sum = torch.zeros(n_s, n_s, dtype=torch.float64, device=keys.device)
-    step = max(1, MI_BLOCK_ELEMENTS // (n_s * n_k))
+    largest = shard_range(n_k, 0, comm.world)[1]  # the largest shard: the same query blocks on every rank
+    step = max(1, MI_BLOCK_ELEMENTS // (n_s * max(largest, 1)))
+    dg = torch.special.digamma
     for start in range(0, len(queries), step):
         dist = _scaled_distances(queries[start : start + step], keys, k_norms, sizes, scale)
-        for i in range(n_s - 1):
-            joint = torch.maximum(dist[i : i + 1], dist[i + 1 :])  # [S-i-1, q, k]
-            eps = joint.amin(-1, keepdim=True)
-            n_i = (dist[i : i + 1] < eps).sum(-1, dtype=torch.int32)
-            n_j = (dist[i + 1 :] < eps).sum(-1, dtype=torch.int32)
-            k_tilde = torch.ones_like(n_i)
-            tied = (eps[..., 0] == 0).nonzero(as_tuple=True)  # exact duplicates: the mixture rule
-            if len(tied[0]):
-                k_tilde[tied] = (joint[tied] == 0).sum(-1, dtype=torch.int32)
-                n_i[tied] = (dist[i][tied[1]] == 0).sum(-1, dtype=torch.int32)
-                n_j[tied] = (dist[i + 1 :][tied] == 0).sum(-1, dtype=torch.int32)
-            dg = torch.special.digamma
-            psi = dg((n_i + 1).double()) + dg((n_j + 1).double()) - dg(k_tilde.double())
-            psi_sum[i, i + 1 :] += psi.sum(-1)
+        eps = _pair_eps(dist)
+        lengths = [e.numel() for e in eps]
+        eps = comm.all_reduce(torch.cat([e.reshape(-1) for e in eps]), "min").split(lengths)
+        eps = [e.view(-1, dist.shape[1]) for e in eps]
+        counts = _pair_counts(dist, eps)
+        counts = comm.all_reduce(torch.cat([c.reshape(-1) for c in counts])).split([3 * n for n in lengths])
+        for i, (e, c) in enumerate(zip(eps, counts)):
+            n_i, n_j, k_tilde = c.view(3, *e.shape).double()
+            k_tilde = torch.where(e == 0, k_tilde, torch.ones_like(k_tilde))
+            psi_sum[i, i + 1 :] += (dg(n_i + 1) + dg(n_j + 1) - dg(k_tilde)).sum(-1)
     const = torch.special.digamma(torch.tensor(n_k + 1.0, dtype=torch.float64, device=keys.device))
     mi = torch.triu(const - psi_sum / len(queries), diagonal=1)
     return mi + mi.T
@@ -90,6 +131,7 @@ def subspace_mutual_information(
     seed: int = 0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    comm: Collectives | None = None,
 ) -> Float[Tensor, "n_subspaces n_subspaces"]:
     """Pairwise mutual information (nats) between the subspaces of `partition` on activations `acts`.
 
@@ -102,6 +144,8 @@ def subspace_mutual_information(
         n_queries, n_keys: disjoint random rows used as queries and as the neighbour pool (the reference: 100
             batches of 128 and 98,304); scaled down proportionally when `acts` has fewer rows.
         seed: the rows drawn; device: where the distances are computed (default: `acts`' device); dtype: their dtype.
+        comm: a `tl_tensorsim.distributed.Collectives`; with several processes each rank reads the queries and its
+            shard of the keys, and every rank gets the estimate over all keys (`ksg_pairwise`). Default: one process.
 
     Returns:
         `[S, S]` float64, symmetric, diagonal 0 (not estimated). The mean pairwise MI is the mean above the diagonal.
@@ -118,11 +162,15 @@ def subspace_mutual_information(
         raise ValueError(f"acts: need at least 3 rows to estimate mutual information; got {n}")
     total = min(n, n_queries + n_keys)
     n_q = max(1, min(total - 2, round(total * n_queries / (n_queries + n_keys))))
-    rows, order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:total].sort()
+    comm = comm or Collectives.single()
+    drawn = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:total]
+    lo, hi = comm.shard(total - n_q)
+    drawn = torch.cat([drawn[:n_q], drawn[n_q + lo : n_q + hi]])  # the queries and this rank's keys
+    rows, order = drawn.sort()
     device = acts.device if device is None else torch.device(device)
     x = acts[rows].to(device=device, dtype=dtype)[torch.argsort(order)]  # read in order, used in random order
     rotated = x @ part.rotation_as(dtype, device)
-    return ksg_pairwise(rotated[:n_q], rotated[n_q:], part.sizes).cpu()
+    return ksg_pairwise(rotated[:n_q], rotated[n_q:], part.sizes, comm).cpu()
 
 
 def merge_pairs(

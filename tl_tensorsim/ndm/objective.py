@@ -155,6 +155,13 @@ class NeighbourSearch:
         self, queries: Float[Tensor, "batch d"], query_ids: Int[Tensor, " batch"], k: int
     ) -> list[Int[Tensor, "n_blocks batch k"]]:
         """Per size group, the `k` nearest keys of each query under the refreshed rotation (pool positions)."""
+        return [idx for _, idx in self.scored_candidates(queries, query_ids, k)]
+
+    def scored_candidates(
+        self, queries: Float[Tensor, "batch d"], query_ids: Int[Tensor, " batch"], k: int
+    ) -> list[tuple[Float[Tensor, "n_blocks batch k"], Int[Tensor, "n_blocks batch k"]]]:
+        """`candidates` with their scores `|k|² − 2 q·k` (the squared distance less `|q|²`; +inf for the query
+        itself), unsorted: per size group `(scores, pool positions)`, `k` each (fewer when the pool is smaller)."""
         if self.rotation is None:
             raise RuntimeError("NeighbourSearch.candidates: call refresh(rotation) first")
         pool, batch = len(self.keys), len(queries)
@@ -183,8 +190,22 @@ class NeighbourSearch:
                         val, sel = val.topk(min(k, val.shape[-1]), dim=-1, largest=False, sorted=False)
                         idx = idx.gather(-1, sel)
                     best_val, best_idx = val, idx
-                found.append(best_idx)
+                found.append((best_val, best_idx))
         return found
+
+
+def candidate_distances(
+    queries: Float[Tensor, "batch d"],
+    keys: Float[Tensor, "pool d"],
+    candidates: Int[Tensor, "n_blocks batch k"],
+    rotation_blocks: Float[Tensor, "n_blocks d size"],
+) -> Float[Tensor, "n_blocks batch k"]:
+    """`‖(h_b − key_c) @ R_s‖₂` for every candidate `c` (positions in `keys`) of each query and subspace `s` of one
+    size group (`rotation_blocks`: each subspace's columns of R): `[n, b * k, d] @ [n, d, s]`."""
+    n, b, k = candidates.shape
+    rot = torch.bmm(keys[candidates.reshape(n, b * k)], rotation_blocks).view(n, b, k, rotation_blocks.shape[-1])
+    own = torch.bmm(queries.expand(n, b, -1), rotation_blocks)
+    return torch.linalg.vector_norm(own[:, :, None] - rot, dim=-1)
 
 
 def neighbour_distances(
@@ -203,11 +224,8 @@ def neighbour_distances(
     for g, cand in zip(size_groups(sizes), candidates):
         r = _grouped(rotation, g)
         if cand.shape[-1] > 1:
-            with torch.no_grad():  # candidates' coordinates under the current R: [n, b * k, d] @ [n, d, s]
-                n, b, k = cand.shape
-                rot = torch.bmm(keys[cand.reshape(n, b * k)], r.detach()).view(n, b, k, g.size)
-                own = torch.bmm(queries.expand(n, b, -1), r.detach())
-                dist = torch.linalg.vector_norm(own[:, :, None] - rot, dim=-1)
+            with torch.no_grad():
+                dist = candidate_distances(queries, keys, cand, r.detach())
                 dist = dist.masked_fill(key_ids[cand] == query_ids[None, :, None], torch.inf)
                 cand = cand.gather(-1, dist.argmin(-1, keepdim=True))
         diff = queries[None] - keys[cand[..., 0]]  # [n, b, d]

@@ -9,6 +9,10 @@ there are fewer) and rotated with the current R for the search; between refreshe
 rotation and the `rerank` best candidates per query and subspace are re-scored exactly with the current R, so the
 loss is always the exact distance to the chosen neighbour. `refresh_every=1, rerank=1` is the paper's step.
 
+Processes. With a `Collectives` of several ranks (`torch.distributed`) the key pool is sharded and the step runs
+as described in `ndm.sharded`; the gradient of R is all-reduced before the clip, the MI estimate reduces its
+neighbour counts over ranks, so R, the partition and every merge are identical on every rank.
+
 Merging re-creates the reference's trainer in place: the parametrization's base becomes the merged R, its skew
 weight returns to 0 and Adam's state is cleared (the same as a new Adam).
 """
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from tl_tensorsim.artifacts import DictConfig
+from tl_tensorsim.distributed import Collectives
 from tl_tensorsim.ndm.mutual_info import merge_pairs, merged_order, subspace_mutual_information
 from tl_tensorsim.ndm.objective import (
     NeighbourSearch,
@@ -31,6 +36,7 @@ from tl_tensorsim.ndm.objective import (
     neighbour_distances,
 )
 from tl_tensorsim.ndm.partition import SubspacePartition, mean_pairwise
+from tl_tensorsim.ndm.sharded import gather_rows, global_candidates, sharded_neighbour_distances
 
 
 @dataclass(frozen=True)
@@ -78,12 +84,15 @@ class NDMSettings(DictConfig):
 
 
 class NDMState(nn.Module):
-    """One NDM fit on `acts` `[n, d]` (CPU, possibly memory-mapped; rows move to `device` as they are drawn)."""
+    """One NDM fit on `acts` `[n, d]` (CPU, possibly memory-mapped; rows move to `device` as they are drawn);
+    `comm`: the processes sharing the fit (default: this one alone)."""
 
-    def __init__(self, acts: Tensor, settings: NDMSettings, device: torch.device):
+    def __init__(self, acts: Tensor, settings: NDMSettings, device: torch.device, comm: Collectives | None = None):
         super().__init__()
         s = settings
         self.acts, self.settings, self.device = acts, s, device
+        self.comm = comm or Collectives.single()
+        self.shard_offset = 0  # this rank's first position in the key pool
         self.n, self.d = acts.shape
         self.dtype = getattr(torch, s.dtype)
         sizes = s.sizes or (s.unit_size,) * (self.d // s.unit_size)
@@ -123,6 +132,7 @@ class NDMState(nn.Module):
 
     # ------------------------------------------------------------------------------------------- the step
     def _clip(self, grad: Tensor) -> Tensor:
+        grad = self.comm.all_reduce(grad)  # the sum of every rank's part (a no-op in one process)
         norm = torch.linalg.vector_norm(grad)
         return grad * (self.settings.grad_clip / (norm + 1e-6)).clamp(max=1.0)
 
@@ -143,9 +153,16 @@ class NDMState(nn.Module):
                 self.pool_ids.copy_(ids)
                 self.search_rotation.copy_(self.rotation())
                 self.since_refresh.zero_()
-        keys = self.acts.to(self.device, self.dtype) if len(self.pool_ids) == self.n else self._rows(self.pool_ids)
         search_dtype = getattr(torch, self.settings.search_dtype)
-        self.search = NeighbourSearch(keys, self.pool_ids, self.sizes, search_dtype)  # every row a key: no copy
+        if self.comm.distributed:  # this rank's contiguous share of the sorted pool
+            lo, hi = self.comm.shard(len(self.pool_ids))
+            self.shard_offset = lo
+            self.search = NeighbourSearch(self._rows(self.pool_ids[lo:hi]), self.pool_ids[lo:hi], self.sizes,
+                                          search_dtype)  # fmt: skip
+        else:
+            whole = len(self.pool_ids) == self.n
+            keys = self.acts.to(self.device, self.dtype) if whole else self._rows(self.pool_ids)
+            self.search = NeighbourSearch(keys, self.pool_ids, self.sizes, search_dtype)  # every row a key: no copy
         self.search.refresh(self.search_rotation)
         return self.search
 
@@ -157,11 +174,28 @@ class NDMState(nn.Module):
         s = self.settings
         search = self._search(generator)
         ids = torch.randint(self.n, (s.batch_size,), generator=generator)
+        if self.comm.distributed:
+            return self._sharded_loss(search, ids)
         queries, ids = self._rows(ids), ids.to(self.device)
         candidates = search.candidates(queries, ids, s.rerank)
         dist = neighbour_distances(queries, ids, search.keys, search.key_ids, candidates, self.rotation(), self.sizes)
         self.since_refresh += 1
         return dist.mean(0).mean()
+
+    def _sharded_loss(self, search: NeighbourSearch, ids: Tensor) -> Tensor:
+        """The step of `ndm.sharded`: the value is the loss over every rank's keys, the gradient this rank's part."""
+        s, comm = self.settings, self.comm
+        lo, hi = comm.shard(s.batch_size)
+        queries = gather_rows(comm, self._rows(ids[lo:hi]), s.batch_size)
+        ids = ids.to(self.device)
+        k = min(s.rerank, len(self.pool_ids))
+        cand = global_candidates(search, queries, ids, k, self.shard_offset, comm)
+        dist, _ = sharded_neighbour_distances(
+            queries, ids, search.keys, search.key_ids, self.shard_offset, cand, self.rotation(), self.sizes, comm
+        )
+        local = dist.sum(0).div(s.batch_size).mean()
+        self.since_refresh += 1
+        return comm.all_reduce(local.detach()) + (local - local.detach())
 
     # ------------------------------------------------------------------------------------------- merging
     def estimate_mi(self, step: int) -> Tensor:
@@ -169,7 +203,7 @@ class NDMState(nn.Module):
         s = self.settings
         mi = subspace_mutual_information(
             self.acts, self.partition(), n_queries=s.mi_queries, n_keys=s.mi_keys,
-            seed=s.seed * 1_000_003 + step, device=self.device, dtype=self.dtype,
+            seed=s.seed * 1_000_003 + step, device=self.device, dtype=self.dtype, comm=self.comm,
         )  # fmt: skip
         self.mi.fill_(torch.nan)
         self.mi[: len(mi), : len(mi)] = mi
@@ -232,7 +266,7 @@ class NDMState(nn.Module):
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         mi = subspace_mutual_information(
             self.acts, SubspacePartition(self.best_base.cpu(), self.sizes), n_queries=s.mi_queries,
-            n_keys=s.mi_keys, seed=s.seed * 1_000_003 + step, device=self.device, dtype=self.dtype,
+            n_keys=s.mi_keys, seed=s.seed * 1_000_003 + step, device=self.device, dtype=self.dtype, comm=self.comm,
         )  # fmt: skip
         i = int(per.argmax())
         weight = (per * mi[i]).clamp_min(0)
