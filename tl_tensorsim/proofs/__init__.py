@@ -3,10 +3,11 @@ measured by their tightness and by the length (FLOPs) of their check.
 
 `certified` holds the float64 ball arithmetic with explicit rounding-error bounds that every proof computes in
 (`Ball`, `count_flops`); `result` the `ProofResult` every strategy returns and the `ProofComparison` of several;
-`max_of_k` the Max-of-K proofs (brute force, cubic, subcubic, `compare`).
+`max_of_k` the Max-of-K proofs (brute force, cubic, subcubic, `compare`); `groups` the group-operation proofs
+(groups, real irreps, ρ-set explanations, brute force and the ρ-set verifier, `compare`).
 """
 
-from tl_tensorsim.proofs import max_of_k
+from tl_tensorsim.proofs import groups, max_of_k
 from tl_tensorsim.proofs.certified import Ball, FlopCount, count_flops, row_range_bound, spectral_norm_bound
 from tl_tensorsim.proofs.result import ProofComparison, ProofResult, pareto_front, plot_frontier
 
@@ -16,6 +17,7 @@ __all__ = [
     "ProofComparison",
     "ProofResult",
     "count_flops",
+    "groups",
     "max_of_k",
     "pareto_front",
     "plot_frontier",

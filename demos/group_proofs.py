@@ -1,0 +1,124 @@
+"""Demo: group-operation networks (Wu, Jaburi, Drori & Gross, arXiv 2410.07476): irreps, ρ-sets and certified
+accuracy bounds, beside the paper's numbers.
+
+Trains an S4 GroupMLP live (the fast recipe), loads the shipped A5 and S5 models, and for each: brute force over all
+|G|² pairs (the true accuracy), the explanation (key irreps, ρ-set circuits: a tetrahedron for S4's standard irrep,
+a 4-simplex for S5's) and the ρ-set proof, with its idealised margin against its deviation bound. A hand-built
+exactly bi-equivariant network (weights written from a tetrahedron ρ-set) shows the proof certifying 100%.
+`full=True` adds five more S4 seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+TITLE = "Compact proofs for group-operation networks (ρ-sets)"
+ORDER = 55
+DEFAULT = True
+REQUIRES = ("matplotlib",)
+SHIPPED_GROUPS = ("S4", "A5", "S5")
+S4_STEPS = 2000  # the fast recipe generalises on S4 by about 1500 steps (README)
+
+PAPER = {
+    "S5 models with bound >= 95%": "45% (100 models)",
+    "S5 proof time / brute force": "30% (brute force 2.2 s per model)",
+    "coset / irrep explanations": "no non-vacuous bound",
+}
+
+
+def _tetrahedron_figure(explanation):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(4.2, 4.2))
+    ax = fig.add_subplot(projection="3d")
+    for c, (name, left) in enumerate(zip(explanation.circuit_irrep, explanation.left_sets)):
+        if name != "(3,1)" or len(left) != 4:
+            continue
+        pts = explanation.rho_sets(c)[0].numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=40)
+        for i in range(4):
+            for j in range(i + 1, 4):
+                ax.plot(*zip(pts[i], pts[j]), color="grey", lw=0.8)
+    ax.set_title("S4 standard irrep: ρ-sets read off the weights")
+    return fig
+
+
+def _prove(model) -> tuple[dict[str, Any], Any]:
+    from tl_tensorsim.proofs import groups
+
+    exact = groups.brute_force(model)
+    t0 = time.perf_counter()
+    expl = groups.explain(model)
+    search = time.perf_counter() - t0
+    proof = groups.rho_set(model, expl)
+    pairwise = groups.rho_set(model, expl, deviation="pairwise")
+    st = proof.settings
+    row = {
+        "model": model.cfg.model_name,
+        "accuracy (brute force)": f"{exact.bound:.4f}",
+        "brute force s": f"{exact.wall_time:.3f}",
+        "key irreps": ", ".join(expl.key_irreps()),
+        "circuits (irrep: |B_l|x|B_r|)": ", ".join(
+            f"{n}: {len(a)}x{len(b)}" for n, a, b in zip(expl.circuit_irrep, expl.left_sets, expl.right_sets)
+        ),
+        "ρ-set bound": f"{proof.bound:.4f}",
+        "ρ-set check s": f"{proof.wall_time:.3f}",
+        "pairwise bound": f"{pairwise.bound:.4f}",
+        "pairwise check s": f"{pairwise.wall_time:.3f}",
+        "FLOPs ρ-set / brute": f"{proof.flops / exact.flops:.3f}",
+        "explain s": f"{search:.2f}",
+        "ideal margin": f"{st['ideal_margin']:.2f}",
+        "deviation K + mean(L + R)": f"{st['K'] + st['L_mean'] + st['R_mean']:.1f}",
+    }
+    return row, expl
+
+
+def run(report, full: bool = False) -> dict[str, Any]:
+    from tl_tensorsim.models import group_mlp
+    from tl_tensorsim.proofs import groups
+    from tl_tensorsim.training import limit_threads
+
+    rows, times = [], {}
+    with limit_threads(1):
+        seeds = [0] + ([1, 2, 3, 4, 5] if full else [])
+        s4_expl = None
+        for seed in seeds:
+            t0 = time.perf_counter()
+            run_ = group_mlp.train(group_mlp.GroupMLPConfig(group="S4", seed=seed, steps=S4_STEPS), progress=False)
+            times[f"S4 seed {seed}"] = time.perf_counter() - t0
+            row, expl = _prove(run_.model)
+            row["model"] += (
+                f" (trained here, {times[f'S4 seed {seed}']:.0f} s, test acc {run_.history[-1]['test_acc']:.3f})"
+            )
+            rows.append(row)
+            s4_expl = s4_expl or expl
+        for name in SHIPPED_GROUPS:
+            for path in group_mlp.shipped(name):
+                row, _ = _prove(group_mlp.load(path))
+                row["model"] += " (shipped)"
+                rows.append(row)
+        model, expl = groups.handbuilt(*groups.tetra_circuits())
+        hand = groups.rho_set(model, expl)
+        hand_exact = groups.brute_force(model)
+    report.text(
+        "Every bound is certified in float64 ball arithmetic. The ρ-set proof builds an exactly bi-equivariant "
+        "idealised network from the explanation (f̃(z|x,y) = Φ(x⁻¹zy⁻¹), so its margin takes |G| evaluations), "
+        "bounds the real network's deviation per input (ReLU 1-Lipschitz, per-neuron left/right split) and certifies "
+        "a pair when the idealised margin exceeds the deviation bound (see the README for the construction)."
+    )
+    report.table(rows, caption="brute force and the ρ-set proof per model")
+    report.text(
+        f"Hand-built bi-equivariant S4 network ({model.cfg.d_hidden} neurons from two tetrahedron ρ-set circuits): "
+        f"ρ-set bound {hand.bound:.4f} (idealised margin {hand.settings['ideal_margin']:.3f}) in {hand.flops:.3g} "
+        f"FLOPs against brute force's {hand_exact.flops:.3g}."
+    )
+    report.table([{"quantity": k, "paper": v} for k, v in PAPER.items()], caption="the paper's numbers (S5)")
+    if s4_expl is not None:
+        report.figure(_tetrahedron_figure(s4_expl), "group_rho_sets", "tetrahedron ρ-sets of the S4 model")
+    return {
+        "models": len(rows),
+        "handbuilt_bound": hand.bound,
+        "trained_bounds": [float(r["ρ-set bound"]) for r in rows],
+        "s4_train_s": times.get("S4 seed 0"),
+    }

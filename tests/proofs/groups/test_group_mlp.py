@@ -1,0 +1,63 @@
+"""GroupMLP: forward against the folded tables, hooks, save/load, training, the shipped models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tl_tensorsim.models import group_mlp
+from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig, all_pairs
+
+
+def test_forward_hooks_and_folded_tables():
+    model = GroupMLP(GroupMLPConfig(group="S3", d_embed=16, d_hidden=8, seed=1))
+    pairs = all_pairs(6)
+    logits, cache = model.run_with_cache(pairs)
+    assert logits.shape == (36, 6)
+    assert set(cache.keys()) >= {"hook_embed_left", "hook_embed_right", "hook_pre", "hook_post", "hook_logits"}
+    assert torch.allclose(logits, model.fast_logits(pairs[:, 0], pairs[:, 1]), atol=1e-5)
+    assert torch.allclose(cache["hook_pre"], model.w_l[pairs[:, 0]] + model.w_r[pairs[:, 1]], atol=1e-5)
+    with pytest.raises(ValueError, match="tokens"):
+        model(torch.tensor([[0, 6]]))
+    with pytest.raises(ValueError, match="tokens"):
+        model(torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="recipe"):
+        GroupMLPConfig(recipe="slow")
+
+
+def test_training_is_seeded_and_saves(tmp_path):
+    cfg = GroupMLPConfig(group="S3", d_embed=16, d_hidden=16, steps=30, eval_every=10, train_frac=0.5)
+    a, b = group_mlp.train(cfg, progress=False), group_mlp.train(cfg, progress=False)
+    assert torch.equal(a.model.W, b.model.W) and a.history[-1]["step"] == 30
+    path = group_mlp.save(a, tmp_path / "m")
+    loaded = group_mlp.load(path)
+    assert torch.equal(loaded.W_U, a.model.W_U) and loaded.cfg == cfg
+    assert GroupMLPConfig(group="S5").resolved_frac == 0.4 and GroupMLPConfig(group="S4").resolved_frac == 0.6
+    assert GroupMLPConfig(group="A5", recipe="published").resolved_lr == 1e-3
+
+
+@pytest.mark.parametrize("name", ["S4", "A5", "S5"])
+def test_shipped_models_are_accurate(name):
+    (path,) = group_mlp.shipped(name)
+    model = group_mlp.load(path)
+    with torch.no_grad():
+        pred = model(all_pairs(model.order)).argmax(-1)
+    assert bool((pred == model.table.flatten()).all())
+
+
+def test_registry_trains_resumes_and_loads(tmp_path):
+    from tl_tensorsim.models import registry
+    from tl_tensorsim.training import load_run
+
+    config = registry.make_config(
+        "group_mlp", {"group": "S3", "d_embed": 8, "d_hidden": 8, "steps": 6, "eval_every": 3}
+    )
+    path = registry.train_and_save("group_mlp", config, tmp_path, checkpoint_every=2, progress=False)
+    first = group_mlp.load_default(tmp_path)
+    again = registry.train_and_save("group_mlp", config, tmp_path, resume=True, progress=False)
+    for k, v in group_mlp.load_default(again).state_dict().items():
+        assert torch.equal(v, first.state_dict()[k]), k
+    run = load_run(tmp_path / "checkpoints", group_mlp.load(path), config)
+    assert run.steps == [0, 3, 6] and len(run.history) == 3
+    with pytest.raises(ValueError, match="directory"):
+        group_mlp.save(run, group_mlp.WEIGHTS / "group_S5")  # an S3 run cannot overwrite the shipped S5 model

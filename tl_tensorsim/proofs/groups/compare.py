@@ -1,0 +1,45 @@
+"""Brute force and the ρ-set proof on group-operation models, tabulated against their cost (arXiv 2410.07476:
+bound versus proof time; the frontier plot of `tl_tensorsim.proofs.result`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tl_tensorsim.proofs.groups.explain import explain
+from tl_tensorsim.proofs.groups.verify import brute_force, rho_set
+from tl_tensorsim.proofs.result import ProofComparison, plot_frontier
+
+__all__ = ["compare", "plot"]
+
+
+def compare(models: list[Any] | Any) -> list[ProofComparison]:
+    """One `ProofComparison` per GroupMLP: rows for brute force (the true accuracy) and the ρ-set proof with the
+    split and the pairwise deviation bound (the explanation's search time recorded as `search_s`), each with bound,
+    ratio, FLOPs and seconds."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    out = []
+    for model in models:
+        exact = brute_force(model)
+        t0 = time.perf_counter()
+        expl = explain(model)
+        search = time.perf_counter() - t0
+        proofs = [rho_set(model, expl), rho_set(model, expl, deviation="pairwise")]
+        for r in proofs:
+            r.search_time = search
+        for r in (exact, *proofs):
+            r.true_accuracy = exact.bound
+        out.append(
+            ProofComparison(
+                model_name=getattr(model.cfg, "model_name", ""),
+                true_accuracy=exact.bound,
+                rows=[r.summary() for r in (exact, *proofs)],
+                results=[exact, *proofs],
+            )
+        )
+    return out
+
+
+def plot(comparisons: list[ProofComparison], path=None):
+    """Normalised bound against the FLOPs of the check, one point per (model, strategy)."""
+    return plot_frontier(comparisons, path=path, title="group-operation models: bound vs proof length")
