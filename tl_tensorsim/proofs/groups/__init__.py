@@ -1,6 +1,7 @@
 """Compact proofs for group-operation networks (Wu, Jaburi, Drori & Gross, arXiv 2410.07476): finite groups and
 their real orthogonal irreps, the group Fourier transform, explanations of a trained `GroupMLP` (irrep sparsity,
-coset concentration, ρ-set circuits) and certified accuracy bounds (brute force, ρ-set proof), all float64.
+coset concentration, ρ-set circuits) and certified accuracy bounds (brute force, ρ-set proof, and the irrep and coset
+explanations as baseline proofs), all float64.
 
     from tl_tensorsim.proofs import groups
     G = groups.symmetric(5)                       # G.table[x, y] = index of x ⋆ y (apply y first)
@@ -8,9 +9,11 @@ coset concentration, ρ-set circuits) and certified accuracy bounds (brute force
     exact = groups.brute_force(model)             # every |G|² pair, certified margins
     expl = groups.explain(model)                  # irreps per neuron, cosets, ρ-set circuits
     proof = groups.rho_set(model, expl)           # margin of the idealised network minus deviation bounds
+    base = groups.irrep(model, expl)              # baselines: groups.irrep, groups.coset (cost above brute force)
     table = groups.compare([model])               # bound and cost per strategy; .plot()
 """
 
+from tl_tensorsim.proofs.groups.baselines import coset, irrep, verify_idealised
 from tl_tensorsim.proofs.groups.compare import compare, plot
 from tl_tensorsim.proofs.groups.explain import (
     Explanation,
@@ -44,7 +47,7 @@ from tl_tensorsim.proofs.groups.irreps import (
     split_representation,
     young_irrep,
 )
-from tl_tensorsim.proofs.groups.verify import brute_force, certified_tables, check_action, rho_set
+from tl_tensorsim.proofs.groups.verify import brute_force, certified_margins, certified_tables, check_action, rho_set
 
 __all__ = [
     "Explanation",
@@ -52,9 +55,11 @@ __all__ = [
     "Irrep",
     "alternating",
     "brute_force",
+    "certified_margins",
     "certified_tables",
     "check_action",
     "compare",
+    "coset",
     "coset_concentration",
     "cyclic",
     "diagonal_orbits",
@@ -67,6 +72,7 @@ __all__ = [
     "handbuilt",
     "irrep_bases",
     "irrep_by_name",
+    "irrep",
     "irrep_power",
     "irreps",
     "model_tables",
@@ -82,5 +88,6 @@ __all__ = [
     "split_representation",
     "symmetric",
     "tetra_circuits",
+    "verify_idealised",
     "young_irrep",
 ]

@@ -1,4 +1,4 @@
-"""Brute force and the ρ-set proof on group-operation models, tabulated against their cost (arXiv 2410.07476:
+"""Brute force, the ρ-set proof and the irrep / coset baselines (`baselines`) on group-operation models, tabulated against their cost (arXiv 2410.07476:
 bound versus proof time; the frontier plot of `tl_tensorsim.proofs.result`)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tl_tensorsim.proofs.groups.baselines import coset, irrep
 from tl_tensorsim.proofs.groups.explain import explain
 from tl_tensorsim.proofs.groups.verify import brute_force, rho_set
 from tl_tensorsim.proofs.result import ProofComparison, plot_frontier
@@ -15,8 +16,9 @@ __all__ = ["compare", "plot"]
 
 def compare(models: list[Any] | Any) -> list[ProofComparison]:
     """One `ProofComparison` per GroupMLP: rows for brute force (the true accuracy) and the ρ-set proof with the
-    split and the pairwise deviation bound (the explanation's search time recorded as `search_s`), each with bound,
-    ratio, FLOPs and seconds."""
+    split and the pairwise deviation bound, and the baselines `irrep` (Chughtai et al.) and `coset` (Stander et al.)
+    built on the same explanation (its search time recorded as `search_s`), each with bound, ratio, FLOPs and
+    seconds."""
     models = models if isinstance(models, (list, tuple)) else [models]
     out = []
     for model in models:
@@ -24,7 +26,12 @@ def compare(models: list[Any] | Any) -> list[ProofComparison]:
         t0 = time.perf_counter()
         expl = explain(model)
         search = time.perf_counter() - t0
-        proofs = [rho_set(model, expl), rho_set(model, expl, deviation="pairwise")]
+        proofs = [
+            rho_set(model, expl),
+            rho_set(model, expl, deviation="pairwise"),
+            irrep(model, expl),
+            coset(model, expl),
+        ]
         for r in proofs:
             r.search_time = search
         for r in (exact, *proofs):

@@ -50,7 +50,7 @@ from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 from tl_tensorsim.proofs.result import ProofResult
 from tl_tensorsim.training import limit_threads
 
-__all__ = ["Deviation", "brute_force", "certified_tables", "check_action", "rho_set"]
+__all__ = ["Deviation", "brute_force", "certified_margins", "certified_tables", "check_action", "rho_set"]
 
 CLASS_AXES = ("x", "y")
 Deviation = Literal["split", "pairwise"]
@@ -94,17 +94,24 @@ def brute_force(model: Any, threads: int | None = 1) -> ProofResult:
     start = time.perf_counter()
     with count_flops() as flops, limit_threads(threads):
         group, wl, wr, wu = certified_tables(model)
-        n = group.order
-        x = torch.arange(n).repeat_interleave(n)
-        y = torch.arange(n).repeat(n)
-        logits = (wl[x] + wr[y]).relu() @ wu  # [n², order]
-        label = group.table.flatten()
-        right = logits.map(lambda t: t.gather(1, label[:, None])[:, 0])
-        others = logits.map(lambda t: t.scatter(1, label[:, None], -torch.inf))
-        others = Ball(others.mid, logits.rad)
-        margin = right.lower() - others.upper().amax(1)
-        certified = (margin > 0).reshape(n, n)
-    return _result("brute_force", certified, start, flops, model, {}, margin=margin.reshape(n, n))
+        margin = certified_margins(group.table, wl, wr, wu)
+        certified = margin > 0
+    return _result("brute_force", certified, start, flops, model, {}, margin=margin)
+
+
+def certified_margins(table: Tensor, wl: Ball, wr: Ball, wu: Ball) -> Tensor:
+    """Lower bounds (float64 `[order, order]`) of the margins f(x⋆y | x, y) - max_{z ≠ x⋆y} f(z | x, y) of the
+    network ReLU(wl[x] + wr[y]) @ wu given by the balls wl, wr `[order, m]`, wu `[m, order]`; `table[x, y]` the
+    correct class. Cost O(|G|²·m·|G|)."""
+    n = table.shape[0]
+    x = torch.arange(n).repeat_interleave(n)
+    y = torch.arange(n).repeat(n)
+    logits = (wl[x] + wr[y]).relu() @ wu  # [n², order]
+    label = table.flatten()
+    right = logits.map(lambda t: t.gather(1, label[:, None])[:, 0])
+    others = logits.map(lambda t: t.scatter(1, label[:, None], -torch.inf))
+    others = Ball(others.mid, logits.rad)
+    return (right.lower() - others.upper().amax(1)).reshape(n, n)
 
 
 def check_action(sigma: Int[Tensor, "order k"], table: Tensor, generators: list[int]) -> bool:
