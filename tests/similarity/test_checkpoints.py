@@ -79,8 +79,17 @@ def test_state_dict_files_loaded_into_a_config(run, tmp_path):
 
 
 def test_model_name_loads_one_checkpoint_at_a_time(run, monkeypatch):
-    """The TransformerLens loader boundary is replaced by local models; nothing is downloaded."""
+    """The TransformerLens loader boundary is replaced by local models; nothing is downloaded (any network
+    connection in this test raises)."""
+    import socket
+
     import transformer_lens
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("this test must not reach the network (the model hub is unreachable in CI)")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
 
     calls, alive = [], []
 
