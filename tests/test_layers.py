@@ -17,7 +17,7 @@ PACKAGE_DIRS = {
 }
 
 # room -> floor, from the ground up (ARCHITECTURE.md "Floors").
-CORE = {"adapter", "artifacts", "linalg", "factored", "checks", "positions", "model_io", "model_run", "weight_files"}
+CORE = {"adapter", "artifacts", "artifact_files", "model_config", "linalg", "factored", "checks", "positions", "model_io", "model_run", "weight_files"}
 FLOORS: dict[str, int] = {**dict.fromkeys(CORE, 0), "activations": 1, "training": 1, "distributed": 1, "activation_store": 1, "hooks": 1, "models": 2}
 ANALYSES = {"similarity", "tensor_networks", "ndm", "interaction", "proofs"}
 FLOORS.update(dict.fromkeys(ANALYSES, 3))

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import torch
@@ -28,6 +26,8 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix
 
 from tl_tensorsim import model_io, model_run
+from tl_tensorsim.linalg import rows_centred
+from tl_tensorsim.model_config import _GLOBAL, _NORM_NAMES, _PER_LAYER, WEIGHT_NAMES, ModelConfig
 from tl_tensorsim.model_io import Backend, is_transformer_lens_model, model_kind
 from tl_tensorsim.model_run import GATE_FLAGS, gate_flag
 from tl_tensorsim.weight_files import open_state_file
@@ -60,60 +60,6 @@ SUPPORTED_MODELS = (
     "transformer_lens.model_bridge.TransformerBridge (TransformerLens 3.x / 4.x, raw or compatibility mode)"
 )
 
-# name -> key in HookedTransformer.state_dict() / TransformerBridge.tl_parameters(), with "{l}" per layer
-_PER_LAYER = {
-    "W_Q": "blocks.{l}.attn.W_Q",
-    "W_K": "blocks.{l}.attn.W_K",
-    "W_V": "blocks.{l}.attn.W_V",
-    "W_O": "blocks.{l}.attn.W_O",
-    "b_Q": "blocks.{l}.attn.b_Q",
-    "b_K": "blocks.{l}.attn.b_K",
-    "b_V": "blocks.{l}.attn.b_V",
-    "b_O": "blocks.{l}.attn.b_O",
-    "W_in": "blocks.{l}.mlp.W_in",
-    "W_gate": "blocks.{l}.mlp.W_gate",
-    "W_out": "blocks.{l}.mlp.W_out",
-    "b_in": "blocks.{l}.mlp.b_in",
-    "b_out": "blocks.{l}.mlp.b_out",
-    "ln1_w": "blocks.{l}.ln1.w",  # LayerNorm / RMSNorm gains and biases: ones / zeros where the norm has none
-    "ln1_b": "blocks.{l}.ln1.b",
-    "ln2_w": "blocks.{l}.ln2.w",
-    "ln2_b": "blocks.{l}.ln2.b",
-}
-_GLOBAL = {
-    "W_E": "embed.W_E",
-    "W_pos": "pos_embed.W_pos",
-    "W_U": "unembed.W_U",
-    "b_U": "unembed.b_U",
-    "ln_final_w": "ln_final.w",
-    "ln_final_b": "ln_final.b",
-}
-WEIGHT_NAMES = tuple(_PER_LAYER) + tuple(_GLOBAL)
-_NORM_NAMES = ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln_final_w", "ln_final_b")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The architecture facts every analysis needs, read from either model class."""
-
-    n_layers: int
-    n_heads: int
-    d_model: int
-    d_head: int
-    d_mlp: int | None
-    d_vocab: int
-    n_ctx: int
-    attn_only: bool
-    normalization_type: str | None
-    act_fn: str | None
-    positional_embedding_type: str
-    gated_mlp: bool
-    model_name: str
-    attn_scale: float = 1.0  # attention scores are divided by this (√d_head unless the config says otherwise)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class ModelView:
     """A view over a HookedTransformer or TransformerBridge.
@@ -139,23 +85,7 @@ class ModelView:
         self.kind = kind
         self.model = model
         c = model.cfg
-        d_mlp = getattr(c, "d_mlp", None)
-        self.cfg = ModelConfig(
-            n_layers=int(c.n_layers),
-            n_heads=int(c.n_heads),
-            d_model=int(c.d_model),
-            d_head=int(c.d_head),
-            d_mlp=None if d_mlp is None or bool(getattr(c, "attn_only", False)) else int(d_mlp),
-            d_vocab=int(c.d_vocab),
-            n_ctx=int(c.n_ctx),
-            attn_only=bool(getattr(c, "attn_only", False)),
-            normalization_type=getattr(c, "normalization_type", None),
-            act_fn=getattr(c, "act_fn", None),
-            positional_embedding_type=str(getattr(c, "positional_embedding_type", "standard")),
-            gated_mlp=bool(getattr(c, "gated_mlp", False)),
-            model_name=str(getattr(c, "model_name", None) or getattr(model, "model_name", None) or "unnamed"),
-            attn_scale=_attention_scale(kind, c),
-        )
+        self.cfg = ModelConfig.read(kind, c, getattr(model, "model_name", None))
         self._params: Mapping[str, Tensor] | None = None
         self._config = c
         self._flags: tuple[bool, bool] | None = None
@@ -301,9 +231,9 @@ class ModelView:
         norm = self.cfg.normalization_type
         processed, compatibility = self._processing_flags()
         out: dict[str, Any] = {"fold_ln": bool(norm in ("LNPre", "RMSPre") or processed)}
-        out["center_writing_weights"] = _rows_centred(self.W_O)
+        out["center_writing_weights"] = rows_centred(self.W_O)
         if unembed:  # reads the whole W_U
-            out["center_unembed"] = _rows_centred(self.W_U)
+            out["center_unembed"] = rows_centred(self.W_U)
         if self.kind == "TransformerBridge":
             out["compatibility_mode"] = compatibility
         return out
@@ -447,26 +377,6 @@ class ModelView:
             f"ModelView({self.kind} {c.model_name!r}: {c.n_layers} layers x {c.n_heads} heads, d_model={c.d_model}, "
             f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab})"
         )
-
-
-def _attention_scale(kind: str, c: Any) -> float:
-    """The number attention scores are divided by: `cfg.attn_scale` when `use_attn_scale` and positive (the bridge's
-    native model reads a non-positive value as √d_head), 1 for a HookedTransformer with `use_attn_scale=False`,
-    else √d_head."""
-    value = getattr(c, "attn_scale", -1.0)
-    if getattr(c, "use_attn_scale", True) and value is not None and float(value) > 0:
-        return float(value)
-    if kind == "HookedTransformer" and not getattr(c, "use_attn_scale", True):
-        return 1.0
-    return math.sqrt(int(c.d_head))
-
-
-def _rows_centred(w: Tensor) -> bool:
-    """Every row (last axis) of `w` sums to zero, relative to its largest entry. One pass each for the row means
-    and `aminmax` (`w.abs().max()` would write a temporary as large as `w`, e.g. a 150 MB `W_U`)."""
-    w = w.float()
-    lo, hi = torch.aminmax(w)
-    return bool(w.mean(-1).abs().max() <= 1e-6 * torch.maximum(-lo, hi).clamp_min(1e-30))
 
 
 class _WeightsOnly:

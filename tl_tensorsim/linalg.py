@@ -92,3 +92,11 @@ def check_orthonormal(
             f"{argument}: columns are not orthonormal (max |{symbol}ᵀ{symbol} - I| = {err:.3g} > atol={tol:.3g}); "
             f"orthonormalise it first, e.g. torch.linalg.qr({symbol}).Q, or raise atol="
         )
+
+
+def rows_centred(w: Tensor) -> bool:
+    """Every row (last axis) of `w` sums to zero, relative to its largest entry. One pass each for the row means
+    and `aminmax` (`w.abs().max()` would write a temporary as large as `w`, e.g. a 150 MB `W_U`)."""
+    w = w.float()
+    lo, hi = torch.aminmax(w)
+    return bool(w.mean(-1).abs().max() <= 1e-6 * torch.maximum(-lo, hi).clamp_min(1e-30))
