@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
-from tl_tensorsim.model_io import build_tl_model, load_tl_state_dict, tl_state_dict
+from tl_tensorsim.artifacts import DictConfig
+from tl_tensorsim.model_io import build_tl_model
 from tl_tensorsim.models import registry
 from tl_tensorsim.models.toy import toy_tokenizer
 from tl_tensorsim.training import TrainingRun, train_loop
@@ -279,36 +279,25 @@ def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
     """Write the trained model to `directory` through `save_artifact`: `tensors.safetensors` (TransformerLens
     weight names, the same whichever model class trained it) and `cfg.json` (kind "InductionModel", the config and
     a training summary with the evaluation history)."""
-    from importlib.metadata import version
-
     final = run.history[-1]
-    meta = {
-        "model_name": MODEL_NAME,
-        "format": "TransformerLens parameter names (HookedTransformer.state_dict / TransformerBridge.tl_parameters)",
-        "config": run.config.to_dict(),
-        "training": {
-            "steps": run.config.steps,
-            "seconds": round(run.seconds, 1),
-            "final_loss": round(final["loss"], 4),
-            "final_induction_accuracy": round(final["induction_accuracy"], 4),
-            "induction_accuracy_heldout": round(induction_accuracy(run.model, config=run.config), 4),
-            "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in run.history],
-            "torch": torch.__version__,
-            "transformer_lens": version("transformer_lens"),
-        },
+    training = {
+        "final_loss": round(final["loss"], 4),
+        "final_induction_accuracy": round(final["induction_accuracy"], 4),
+        "induction_accuracy_heldout": round(induction_accuracy(run.model, config=run.config), 4),
+        "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in run.history],
     }
-    return save_artifact(directory, tl_state_dict(run.model), meta, kind=KIND)
+    fmt = "TransformerLens parameter names (HookedTransformer.state_dict / TransformerBridge.tl_parameters)"
+    return registry.save_transformer(run, directory, KIND, training, model_name=MODEL_NAME, format=fmt)
 
 
 def load(directory: str | os.PathLike, device: str | torch.device | None = None, backend: str | None = None):
     """A model in eval mode from a folder `save` wrote, with `induction_config` and `training_summary` attached."""
-    tensors, meta = load_artifact(directory, kind=KIND)
-    config = InductionConfig.from_dict(meta["config"])
-    model = build_model(config, device=device, backend=backend)
-    load_tl_state_dict(model, tensors)
+    model, config, meta = registry.load_transformer(
+        directory, KIND, InductionConfig, build_model, device=device, backend=backend
+    )
     model.induction_config = config
     model.training_summary = meta.get("training", {})
-    return model.eval()
+    return model
 
 
 def load_default(

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
-from tl_tensorsim.model_io import build_tl_model, load_tl_state_dict, tl_state_dict
+from tl_tensorsim.artifacts import DictConfig
+from tl_tensorsim.model_io import build_tl_model
 from tl_tensorsim.models import registry
 from tl_tensorsim.training import Losses, TrainingRun, train_loop
 
@@ -197,33 +197,18 @@ def train(
 def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
     """Write the trained model to `directory` (`save_artifact`): TransformerLens weight names in
     `tensors.safetensors`, the config and a training summary in `cfg.json` (kind "MaxOfKModel")."""
-    from importlib.metadata import version
-
     final = run.history[-1] if run.history else {}
-    meta = {
-        "model_name": run.config.model_name,
-        "config": run.config.to_dict(),
-        "training": {
-            "steps": run.config.steps,
-            "seconds": round(run.seconds, 1),
-            "final_loss": final.get("loss"),
-            "final_accuracy": final.get("accuracy"),
-            "history": run.history,
-            "torch": torch.__version__,
-            "transformer_lens": version("transformer_lens"),
-        },
-    }
-    return save_artifact(directory, tl_state_dict(run.model), meta, kind=KIND)
+    training = {"final_loss": final.get("loss"), "final_accuracy": final.get("accuracy"), "history": run.history}
+    return registry.save_transformer(run, directory, KIND, training, model_name=run.config.model_name)
 
 
 def load(directory: str | os.PathLike, device: str | torch.device | None = None, backend: str | None = None):
     """The model `save` wrote, in eval mode, with `max_of_k_config` and `training_summary` attached."""
-    tensors, meta = load_artifact(directory, kind=KIND)
-    config = MaxOfKConfig.from_dict(meta["config"])
-    model = build_model(config, device=device, backend=backend)
-    load_tl_state_dict(model, tensors)
+    model, _, meta = registry.load_transformer(
+        directory, KIND, MaxOfKConfig, build_model, device=device, backend=backend
+    )
     model.training_summary = meta.get("training", {})
-    return model.eval()
+    return model
 
 
 def load_default(

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
-from tl_tensorsim.model_io import build_tl_model, load_tl_state_dict, tl_state_dict
+from tl_tensorsim.artifacts import DictConfig, save_artifact
+from tl_tensorsim.model_io import build_tl_model, tl_state_dict
 from tl_tensorsim.models import registry
 from tl_tensorsim.training import TrainingRun, train_loop
 
@@ -157,11 +157,8 @@ def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
 
 def load(directory: str | os.PathLike, device: torch.device | str | None = None) -> Any:
     """The model `save` wrote, in eval mode (a HookedTransformer where TransformerLens has one, else a bridge)."""
-    tensors, meta = load_artifact(directory, kind=KIND)
-    cfg = ModularAdditionConfig.from_dict(meta["config"])
-    model = build_tl_model(model_config(cfg), device=device)
-    load_tl_state_dict(model, tensors)
-    return model.eval()
+    build = lambda cfg, device: build_tl_model(model_config(cfg), device=device)  # noqa: E731
+    return registry.load_transformer(directory, KIND, ModularAdditionConfig, build, device=device)[0]
 
 
 def load_default(path: str | os.PathLike | None = None, device: torch.device | str | None = None) -> Any:

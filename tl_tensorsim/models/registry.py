@@ -26,7 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tl_tensorsim.artifacts import CONFIG_FILE
+from tl_tensorsim.artifacts import CONFIG_FILE, load_artifact, save_artifact
+from tl_tensorsim.model_io import load_tl_state_dict, tl_state_dict
 
 _REQUIRED = ("DESCRIPTION", "CONFIG", "SHIPPED", "train", "save", "load", "load_default")
 MODEL_FOLDER = "model"
@@ -147,3 +148,38 @@ def model_folder(name: str, path: str | os.PathLike | None = None) -> Path:
     if not (cached / CONFIG_FILE).is_file():
         train_and_save(name, resume=True)
     return cached
+
+
+# ---------------------------------------------------------------------------------- TransformerLens models
+def save_transformer(
+    run: Any, directory: str | os.PathLike, kind: str, training: Mapping[str, Any], **meta: Any
+) -> Path:
+    """A trained TransformerLens model of the registry through `save_artifact`: `tensors.safetensors` (TransformerLens
+    weight names, the same whichever model class trained it) and `cfg.json` (`meta`, `run.config.to_dict()` and a
+    training summary: steps, seconds, `training`, the torch and TransformerLens versions)."""
+    from importlib.metadata import version
+
+    import torch
+
+    record = {
+        **meta,
+        "config": run.config.to_dict(),
+        "training": {
+            "steps": run.config.steps,
+            "seconds": round(run.seconds, 1),
+            **training,
+            "torch": torch.__version__,
+            "transformer_lens": version("transformer_lens"),
+        },
+    }
+    return save_artifact(directory, tl_state_dict(run.model), record, kind=kind)
+
+
+def load_transformer(directory: str | os.PathLike, kind: str, config_cls: Any, build: Any, **build_kwargs: Any):
+    """`(model, config, meta)` from a folder `save_transformer` wrote: the config read back as `config_cls`, the
+    model made by `build(config, **build_kwargs)`, the weights loaded, eval mode."""
+    tensors, meta = load_artifact(directory, kind=kind)
+    config = config_cls.from_dict(meta["config"])
+    model = build(config, **build_kwargs)
+    load_tl_state_dict(model, tensors)
+    return model.eval(), config, meta
