@@ -101,9 +101,9 @@ class LazyStateFile(Mapping):
     ):
         self.path = check_checkpoint_file(path, argument)
         self.argument = argument
-        if self.path.suffix == ".safetensors":
-            with safe_open(str(self.path), framework="pt") as f:
-                raw = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        if self.path.suffix == ".safetensors":  # one open handle: the header is parsed once
+            self._file = safe_open(str(self.path), framework="pt")
+            raw = {k: torch.empty(self._file.get_slice(k).get_shape(), device="meta") for k in self._file.keys()}
             self._mmap = None
         else:  # zip-format torch.save files map lazily; the legacy format is read whole
             self._mmap = _torch_load(self.path, argument, mmap=zipfile.is_zipfile(self.path))
@@ -139,11 +139,7 @@ class LazyStateFile(Mapping):
     def __getitem__(self, key: str) -> Tensor:
         if key not in self._cache:
             file_key, native = self._source[key]  # KeyError for unknown names, as a dict
-            if self._mmap is not None:
-                value = self._mmap[file_key]
-            else:
-                with safe_open(str(self.path), framework="pt") as f:
-                    value = f.get_tensor(file_key)
+            value = self._mmap[file_key] if self._mmap is not None else self._file.get_tensor(file_key)
             self._cache[key] = value if native is None else _tl_from_native({native: value}, self.cfg)[key]
         return self._cache[key]
 
