@@ -1,5 +1,6 @@
 """Known circuits (ground truth), stored as JSON in `circuits/data/`: GPT-2 small's IOI, greater-than and induction
-circuits and this project's embedded induction model (`induction_2l`).
+circuits, this project's embedded induction model (`induction_2l`) and its IOI model (`ioi_3l`, found by path
+patching).
 
 Each circuit is a set of attention heads `(layer, head)` grouped into classes, plus MLP layers, with the paper and
 source it was taken from and the metric it is evaluated with. `known(model_name, task)` finds one by model and task;
@@ -131,13 +132,16 @@ MODEL_ALIASES = {
     "induction_2l": "induction_2l",
     "induction": "induction_2l",
     "tl_tensorsim-induction-2l": "induction_2l",
+    "ioi_3l": "ioi_3l",
+    "ioi": "ioi_3l",
+    "tl_tensorsim-ioi-3l": "ioi_3l",
 }
 
 
 def known(model_name: str, task: str) -> Circuit:
     """The known circuit of `task` (`"ioi"`, `"greater_than"`, `"induction"`) in model `model_name` (`"gpt2"` /
     `"gpt2-small"`; `"induction_2l"`, the project's embedded induction model, also by its TransformerLens model name
-    `"tl_tensorsim-induction-2l"`); a `ValueError` lists the (model, task) pairs there are."""
+    `"tl_tensorsim-induction-2l"`; `"ioi_3l"`, the project's IOI model, also `"tl_tensorsim-ioi-3l"`); a `ValueError` lists the (model, task) pairs there are."""
     if not isinstance(model_name, str) or not isinstance(task, str):
         raise TypeError(f"model_name, task: expected strings; got {type(model_name).__name__}, {type(task).__name__}")
     circuits = [get_circuit(n) for n in available_circuits()]

@@ -134,6 +134,16 @@ class TrainingRun:
         )
 
 
+def warmup_cosine(step: int, steps: int, warmup_steps: int, decay_start: float, min_lr_factor: float) -> float:
+    """Learning-rate factor at `step` of `steps`: linear warm-up over `warmup_steps`, constant, then cosine decay from
+    `decay_start * steps` to `min_lr_factor` at `steps` (for `torch.optim.lr_scheduler.LambdaLR`)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    start = decay_start * steps
+    progress = min(1.0, max(0.0, (step - start) / max(1.0, steps - start)))
+    return min_lr_factor + (1 - min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train_loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,

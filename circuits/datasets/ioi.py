@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from tl_tensorsim.checks import check_choice, checked_int
+from tl_tensorsim.models.ioi_text import ABBA_TEMPLATES, BABA_TEMPLATES, NAMES, OBJECTS, PLACES, mirror
 
 from .base import PromptSet
 from .tokens import TextEncoder, pad_right
@@ -32,52 +33,6 @@ from .tokens import TextEncoder, pad_right
 PromptType = Literal["ABBA", "BABA", "mixed"]
 Corruption = Literal["swap", "s_name", "random"]
 CORRUPTIONS: tuple[str, ...] = ("swap", "s_name", "random")
-
-# The 15 BABA templates of the IOI dataset ([B] = subject S, [A] = indirect object IO); the answer is the last [A].
-BABA_TEMPLATES: tuple[str, ...] = (
-    "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
-    "Then, [B] and [A] had a lot of fun at the [PLACE]. [B] gave a [OBJECT] to [A]",
-    "Then, [B] and [A] were working at the [PLACE]. [B] decided to give a [OBJECT] to [A]",
-    "Then, [B] and [A] were thinking about going to the [PLACE]. [B] wanted to give a [OBJECT] to [A]",
-    "Then, [B] and [A] had a long argument, and afterwards [B] said to [A]",
-    "After [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to [A]",
-    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give it to [A]",
-    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give the [OBJECT] to [A]",
-    "While [B] and [A] were working at the [PLACE], [B] gave a [OBJECT] to [A]",
-    "While [B] and [A] were commuting to the [PLACE], [B] gave a [OBJECT] to [A]",
-    "After the lunch, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
-    "Afterwards, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
-    "Then, [B] and [A] had a long argument. Afterwards [B] said to [A]",
-    "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]",
-    "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
-)
-
-
-def mirror(template: str) -> str:
-    """The ABBA version of a BABA template: the first `[B]` and the first `[A]` exchanged."""
-    i, j = template.index("[B]"), template.index("[A]")
-    a, b = sorted((i, j))
-    first, second = template[a : a + 3], template[b : b + 3]
-    return template[:a] + second + template[a + 3 : b] + first + template[b + 3 :]
-
-
-ABBA_TEMPLATES: tuple[str, ...] = tuple(mirror(t) for t in BABA_TEMPLATES)
-
-# first names from the IOI dataset; each is one GPT-2 token with its leading space (checked in the tests)
-NAMES: tuple[str, ...] = (
-    "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel", "David",
-    "James", "Robert", "John", "Joseph", "Andrew", "Ryan", "Brandon", "Jason", "Justin", "Sarah", "William",
-    "Jonathan", "Stephanie", "Brian", "Nicole", "Nicholas", "Anthony", "Heather", "Eric", "Elizabeth", "Adam",
-    "Megan", "Melissa", "Kevin", "Steven", "Thomas", "Timothy", "Christina", "Kyle", "Rachel", "Laura", "Lauren",
-    "Amber", "Brittany", "Danielle", "Richard", "Kimberly", "Jeffrey", "Amy", "Crystal", "Michelle", "Tiffany",
-    "Jeremy", "Benjamin", "Mark", "Emily", "Aaron", "Charles", "Rebecca", "Jacob", "Stephen", "Patrick", "Sean",
-    "Erin", "Jamie", "Kelly", "Samantha", "Nathan", "Sara", "Dustin", "Paul", "Angela", "Tyler", "Scott",
-    "Katherine", "Andrea", "Gregory", "Erica", "Mary", "Travis", "Lisa", "Kenneth", "Bryan", "Lindsey", "Kristen",
-    "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon", "Vanessa", "Courtney", "Christine", "Alicia",
-    "Cody", "Allison", "Bradley", "Samuel",
-)  # fmt: skip
-PLACES: tuple[str, ...] = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station")
-OBJECTS: tuple[str, ...] = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack")
 
 _SLOT = re.compile(r"(\[A\]|\[B\]|\[PLACE\]|\[OBJECT\])")
 

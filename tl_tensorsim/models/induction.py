@@ -16,7 +16,6 @@ the toy tokenizer (`t0 ... t63` and `<|endoftext|>` as BOS), so `to_tokens`, `to
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +31,7 @@ from tl_tensorsim.artifacts import DictConfig
 from tl_tensorsim.model_io import build_tl_model
 from tl_tensorsim.models import registry
 from tl_tensorsim.models.toy import toy_tokenizer
-from tl_tensorsim.training import TrainingRun, train_loop
+from tl_tensorsim.training import TrainingRun, train_loop, warmup_cosine
 
 MODEL_NAME = "tl_tensorsim-induction-2l"
 KIND = "InductionModel"
@@ -196,13 +195,7 @@ def induction_accuracy(model: Any, n: int = 512, seed: int = 12345, config: Indu
 
 # ------------------------------------------------------------------------------------------- training
 def _lr_factor(config: InductionConfig, step: int) -> float:
-    """Linear warm-up over `warmup_steps`, constant, then cosine decay from `decay_start * steps` to
-    `min_lr_factor` at `steps`."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    start = config.decay_start * config.steps
-    progress = min(1.0, max(0.0, (step - start) / max(1.0, config.steps - start)))
-    return config.min_lr_factor + (1 - config.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, config.steps, config.warmup_steps, config.decay_start, config.min_lr_factor)
 
 
 def train(

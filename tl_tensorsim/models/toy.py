@@ -34,8 +34,11 @@ __all__ = [
 BOS = "<|endoftext|>"
 
 
-def toy_tokenizer(words: list[str]) -> Any:
+def toy_tokenizer(words: list[str], split_punctuation: bool = False, name: str = "toy") -> Any:
     """A whitespace word-level tokenizer over `words` (ids 0..len-1) plus `<|endoftext|>` (id len(words)).
+
+    `split_punctuation`: split text into words and punctuation runs (`\\w+|[^\\w\\s]+`, so "store." is "store", ".")
+    rather than at whitespace only. `name`: the tokenizer's `name_or_path`.
 
     `<|endoftext|>` serves as BOS, EOS, PAD and UNK. `name_or_path` and `add_bos_token=True` are set, without
     which TransformerLens' `to_tokens` falls back to the model hub.
@@ -48,13 +51,13 @@ def toy_tokenizer(words: list[str]) -> Any:
     vocab = {w: i for i, w in enumerate(words)}
     vocab[BOS] = len(words)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=BOS))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
         eos_token=BOS,
         pad_token=BOS,
         unk_token=BOS,
-        name_or_path="toy",
+        name_or_path=name,
         add_bos_token=True,
     )
