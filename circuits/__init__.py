@@ -1,6 +1,7 @@
 """`tl_tensorsim.circuits`: known circuits (IOI, greater-than, induction) as ground truth, and the tools to test
 subspaces against them: datasets for any tokenizer, task metrics, batched subspace patching, the Gini coefficient,
-and `validate_ndm`, the NDM paper's five tests beside its numbers."""
+path patching (`path_patching`, `discover_circuit`), and `validate_ndm`, the NDM paper's five tests beside its
+numbers."""
 
 from tl_tensorsim.circuits import datasets
 from tl_tensorsim.circuits.datasets import PromptSet, greater_than_dataset, induction_dataset, ioi_dataset
@@ -13,6 +14,7 @@ from tl_tensorsim.circuits.metrics import (
     task_metric,
 )
 from tl_tensorsim.circuits.patching import PatchingTest, SubspacePatching, subspace_patching
+from tl_tensorsim.circuits.path_patching import PathPatching, Receiver, discover_circuit, path_patching
 from tl_tensorsim.circuits.registry import Circuit, available_circuits, get_circuit, known
 from tl_tensorsim.circuits.validate import NDMValidation, paper_tests, validate_ndm
 
@@ -20,10 +22,13 @@ __all__ = [
     "Circuit",
     "NDMValidation",
     "PatchingTest",
+    "PathPatching",
     "PromptSet",
+    "Receiver",
     "SubspacePatching",
     "available_circuits",
     "datasets",
+    "discover_circuit",
     "get_circuit",
     "gini",
     "greater_than_dataset",
@@ -35,6 +40,7 @@ __all__ = [
     "logit_diff",
     "normalised_score",
     "paper_tests",
+    "path_patching",
     "subspace_patching",
     "task_metric",
     "validate_ndm",
