@@ -28,6 +28,7 @@ MetricName = Literal["logit_diff", "prob_diff", "induction_logit", "induction_ac
 TASK_METRIC = {"ioi": "logit_diff", "greater_than": "prob_diff", "induction": "induction_logit"}
 
 __all__ = [
+    "CleanCorrupted",
     "MetricName",
     "TaskMetric",
     "greater_than_prob_diff",
@@ -37,6 +38,21 @@ __all__ = [
     "normalised_score",
     "task_metric",
 ]
+
+
+class CleanCorrupted:
+    """Mixin for patching results holding per-prompt metrics `clean`, `corrupted` `[batch]`: their means."""
+
+    clean: Tensor
+    corrupted: Tensor
+
+    @property
+    def clean_mean(self) -> float:
+        return float(self.clean.mean())
+
+    @property
+    def corrupted_mean(self) -> float:
+        return float(self.corrupted.mean())
 
 
 def _check_logits(logits: Tensor, batch: int) -> None:

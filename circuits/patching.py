@@ -33,7 +33,7 @@ from tl_tensorsim.ndm import SubspacePartition
 
 from .datasets.base import PromptSet
 from .gini import gini
-from .metrics import TASK_METRIC, MetricName, normalised_score, task_metric
+from .metrics import TASK_METRIC, CleanCorrupted, MetricName, normalised_score, task_metric
 
 __all__ = ["PatchingTest", "SubspacePatching", "subspace_patching"]
 
@@ -71,7 +71,7 @@ class PatchingTest:
 
 
 @dataclass(repr=False)
-class SubspacePatching(Artifact):
+class SubspacePatching(Artifact, CleanCorrupted):
     """Per-subspace patching results of one test (float64).
 
     `per_prompt` `[S + 1, batch]`: the metric on each prompt with subspace s interchanged (row S: the whole space);
@@ -114,14 +114,6 @@ class SubspacePatching(Artifact):
     @property
     def whole(self) -> float:
         return float(self.per_prompt[-1].mean())
-
-    @property
-    def clean_mean(self) -> float:
-        return float(self.clean.mean())
-
-    @property
-    def corrupted_mean(self) -> float:
-        return float(self.corrupted.mean())
 
     @property
     def effects(self) -> Float[Tensor, " S"]:

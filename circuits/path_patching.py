@@ -30,7 +30,7 @@ from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
 from tl_tensorsim.checks import checked_int
 
 from .datasets.base import PromptSet
-from .metrics import MetricName, task_metric
+from .metrics import CleanCorrupted, MetricName, task_metric
 
 HeadInput = Literal["q", "k", "v"]
 INPUTS: tuple[str, ...] = ("q", "k", "v")
@@ -58,7 +58,7 @@ class Receiver:
 
 
 @dataclass(repr=False)
-class PathPatching(Artifact):
+class PathPatching(Artifact, CleanCorrupted):
     """Path-patching results (float64): `per_prompt` `[n_layers, n_heads, batch]` the metric with sender (layer,
     head) patched along the paths to `receivers` (NaN for heads that were not senders), `clean` / `corrupted`
     `[batch]` the unpatched metrics."""
@@ -77,14 +77,6 @@ class PathPatching(Artifact):
         n = self.per_prompt.shape[-1]
         expect_shape("clean", self.clean, (n,), "[batch]")
         expect_shape("corrupted", self.corrupted, (n,), "[batch]")
-
-    @property
-    def clean_mean(self) -> float:
-        return float(self.clean.mean())
-
-    @property
-    def corrupted_mean(self) -> float:
-        return float(self.corrupted.mean())
 
     @property
     def effects(self) -> Float[Tensor, "layer head"]:
