@@ -21,12 +21,13 @@ from tl_tensorsim.positions import Positions, check_positions, normalize_positio
 
 from .base import SubspaceHook, check_basis
 from .binding import bind, check_gate, gate_flag, run_with_hooks, validate
-from .rotation import Rotate, rotate, unrotate
+from .rotation import AffineProject, Rotate, rotate, unrotate
 from .subspace import Ablate, Interchange, Project, ablate, interchange, project
 
 __all__ = [
     "ORTHONORMAL_ATOL",
     "Ablate",
+    "AffineProject",
     "Interchange",
     "Positions",
     "Project",
