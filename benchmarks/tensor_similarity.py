@@ -16,7 +16,12 @@ In one run:
    their exact mean and covariance, then the exact one-layer formula; implemented here from that description) on
    three small networks, each also checked against a Gauss-Hermite rule.
 
-    python benchmarks/tensor_similarity.py [--quick] [--only 4,5]
+Timings of parts 1-3 are reproducible figures, not single cold calls (`benchmarks/timing.py`): each job is warmed up,
+then timed in `--repeats` (default 5) samples, each sample of enough back-to-back calls to last >= 50 ms, and
+printed as median (min-max); the comparisons of part 1 interleave the two jobs sample by sample and give the
+median (min-max) of the per-sample ratios.
+
+    python benchmarks/tensor_similarity.py [--quick] [--only 1,2,3] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import resource
 import time
 
 import torch
+from timing import Timing, compare, measure
 
 from tl_tensorsim.tensor_networks import (
     BilinearLayer,
@@ -94,60 +100,62 @@ def brute_force_inner(a: HookedTensorNetwork, b: HookedTensorNetwork) -> float:
     return float((tensor(a) * tensor(b)).sum())
 
 
-def part1() -> None:
-    print("\n1. Gram recursion vs brute-force materialisation (float64, residual + bias)")
+def part1(repeats: int) -> None:
     print(
-        f"{'depth':>5} {'d_in':>5} {'width':>5} {'tensor entries':>15} {'brute s':>9} {'recursion s':>12} {'ratio':>8} {'rel diff':>9}"
+        f"\n1. Gram recursion vs brute-force materialisation (float64, residual + bias; per call: median (min-max) of "
+        f"{repeats} interleaved samples of >= 50 ms after a warm-up)"
+    )
+    print(
+        f"{'depth':>5} {'d_in':>5} {'width':>5} {'tensor entries':>15} {'brute':>26} {'recursion':>26} {'ratio':>18} {'rel diff':>9}"
     )
     for depth, d_in, width in [(1, 256, 128), (2, 20, 16)]:
         a, b = net(0, width, depth, d_in=d_in), net(1, width, depth, d_in=d_in)
-        t0 = time.perf_counter()
-        want = brute_force_inner(a, b)
-        t_brute = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        got = float(tensor_inner(a, b))
-        t_rec = time.perf_counter() - t0
-        entries = 10 * (d_in + 1) ** (2**depth)
-        print(
-            f"{depth:>5} {d_in:>5} {width:>5} {entries:>15,} {t_brute:>9.3f} {t_rec:>12.4f} {t_brute / t_rec:>8.0f} "
-            f"{abs(got - want) / abs(want):>9.1e}"
+        brute, rec, ratio = compare(
+            lambda a=a, b=b: brute_force_inner(a, b), lambda a=a, b=b: float(tensor_inner(a, b)), repeats=repeats
         )
+        entries = 10 * (d_in + 1) ** (2**depth)
+        diff = abs(rec.result - brute.result) / abs(brute.result)
+        print(f"{depth:>5} {d_in:>5} {width:>5} {entries:>15,} {brute!s:>26} {rec!s:>26} {ratio!s:>18} {diff:>9.1e}")
 
 
-def one_pass(a, b, dtype) -> tuple[float, float]:
-    """Seconds of one cross Gram recursion (after the self passes that set its scales) and its intermediate GB."""
+def pass_timer(a, b, dtype, repeats: int) -> tuple[Timing, float]:
+    """Timing of one cross Gram recursion (after the self passes that set its scales, done once) and its
+    intermediate GB."""
     G0 = input_gram(a.cfg.d_in, None, dtype, "cpu")
     A = self_pass(stack_chains([a.to_chain()], dtype, "cpu"), G0, False)
     B = self_pass(stack_chains([b.to_chain()], dtype, "cpu"), G0, False)
-    t0 = time.perf_counter()
-    cross_pass(A, B, G0, False)
-    return time.perf_counter() - t0, A.pair_bytes(B, torch.finfo(dtype).bits // 8) / 2**30
+    return measure(lambda: cross_pass(A, B, G0, False), repeats=repeats), A.pair_bytes(
+        B, torch.finfo(dtype).bits // 8
+    ) / 2**30
 
 
-def part2(widths: list[int], depths: list[int], budget_s: float) -> None:
+def part2(widths: list[int], depths: list[int], budget_s: float, repeats: int) -> None:
     print(
-        "\n2. The recursion alone: one Gram pass of a pair (residual + bias; H = 1 + 2 x width hidden units per layer)"
+        "\n2. The recursion alone: one Gram pass of a pair (residual + bias; H = 1 + 2 x width hidden units per layer);"
+        f" seconds per pass: median (min-max) of {repeats} after a warm-up"
     )
     print(
-        f"{'width':>6} {'depth':>6} {'f64 s':>8} {'f64 s/layer':>12} {'f32 s':>8} {'intermediates GB':>17} {'peak RSS GB':>12}"
+        f"{'width':>6} {'depth':>6} {'f64':>24} {'f64 s/layer':>12} {'f32':>24} {'intermediates GB':>17} {'peak RSS GB':>12}"
     )
     for width in widths:
         per_layer = None
         for depth in depths:
-            if per_layer is not None and per_layer * depth > budget_s:
-                print(
-                    f"{width:>6} {depth:>6}   skipped (predicted {per_layer * depth:.0f} s > --budget {budget_s:.0f} s)"
-                )
+            predicted = None if per_layer is None else per_layer * depth * (repeats + 1) * 1.5  # f64 + f32
+            if predicted is not None and predicted > budget_s:
+                print(f"{width:>6} {depth:>6}   skipped (predicted {predicted:.0f} s > --budget {budget_s:.0f} s)")
                 continue
             a, b = net(0, width, depth), net(1, width, depth)
-            t64, gb = one_pass(a, b, torch.float64)
-            t32, _ = one_pass(a.float(), b.float(), torch.float32)
-            per_layer = t64 / depth
-            print(f"{width:>6} {depth:>6} {t64:>8.2f} {per_layer:>12.3f} {t32:>8.2f} {gb:>17.3f} {peak_gb():>12.2f}")
+            t64, gb = pass_timer(a, b, torch.float64, repeats)
+            t32, _ = pass_timer(a.float(), b.float(), torch.float32, repeats)
+            per_layer = t64.median / depth
+            print(f"{width:>6} {depth:>6} {t64!s:>24} {per_layer:>12.3f} {t32!s:>24} {gb:>17.3f} {peak_gb():>12.2f}")
 
 
-def part3(T: int) -> None:
-    print(f"\n3. T x T checkpoint matrix, T = {T} (float64)")
+def part3(T: int, repeats: int) -> None:
+    print(
+        f"\n3. T x T checkpoint matrix, T = {T} (float64): the matrix against T(T-1)/2 independent tensor_similarity "
+        f"calls (per-call time: median (min-max) of {repeats} samples of >= 50 ms over a cycle of pairs, after a warm-up)"
+    )
     cases = [
         (
             "grokking: Bilinear(226->64), Linear(64->113)",
@@ -160,18 +168,24 @@ def part3(T: int) -> None:
     ]
     for name, cfg in cases:
         nets = [HookedTensorNetwork(TensorNetworkConfig(**cfg, seed=s, dtype="float64")) for s in range(T)]
-        t0 = time.perf_counter()
-        m = matrix(nets)
-        t_mat = time.perf_counter() - t0
-        n_sample = 6
-        t0 = time.perf_counter()
-        for i in range(n_sample):
-            s = float(tensor_similarity(nets[i], nets[T - 1 - i]))
-            assert abs(s - float(m.values[i, T - 1 - i])) < 1e-10
-        t_pair = (time.perf_counter() - t0) / n_sample
+        t_mat = measure(lambda nets=nets: matrix(nets), repeats=repeats)
+        m = t_mat.result
+        pairs = itertools.cycle([(i, T - 1 - i) for i in range(T // 2)])
+
+        def one_pair(nets=nets, m=m, pairs=pairs):
+            i, j = next(pairs)
+            s = float(tensor_similarity(nets[i], nets[j]))
+            assert abs(s - float(m.values[i, j])) < 1e-10
+            return s
+
+        t_pair = measure(one_pair, repeats=repeats)
+        n_pairs = T * (T - 1) // 2
         print(
-            f"  {name}: matrix {t_mat:.2f} s; pairwise calls {t_pair * 1e3:.1f} ms each -> {T * (T - 1) / 2} pairs "
-            f"would take {t_pair * T * (T - 1) / 2:.1f} s (x{t_pair * T * (T - 1) / 2 / t_mat:.0f}); peak RSS {peak_gb():.2f} GB"
+            f"  {name}: matrix {t_mat}; one pairwise call {t_pair} -> {n_pairs} pairs would take "
+            f"{t_pair.median * n_pairs:.1f} s (x{t_pair.median * n_pairs / t_mat.median:.1f}, "
+            f"range x{t_pair.low * n_pairs / t_mat.high:.1f}-x{t_pair.high * n_pairs / t_mat.low:.1f}); "
+            f"peak RSS {peak_gb():.2f} GB",
+            flush=True,
         )
 
 
@@ -335,19 +349,22 @@ def part5(samples: int = 10**6) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="widths 64-256, T = 30")
-    parser.add_argument("--budget", type=float, default=120.0, help="skip part-2 configs predicted to take longer (s)")
+    parser.add_argument(
+        "--budget", type=float, default=300.0, help="skip part-2 configs predicted to take longer, all repeats (s)"
+    )
     parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated parts to run (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed samples per figure, after a warm-up (>= 5)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: the machine is shared)")
     args = parser.parse_args()
     parts = {int(p) for p in args.only.split(",")}
     with limit_threads(args.threads):
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         if 1 in parts:
-            part1()
+            part1(args.repeats)
         if 2 in parts:
-            part2([64, 128, 256] if args.quick else [256, 512, 1024], [1, 2, 4, 8], args.budget)
+            part2([64, 128, 256] if args.quick else [256, 512, 1024], [1, 2, 4, 8], args.budget, args.repeats)
         if 3 in parts:
-            part3(30 if args.quick else 90)
+            part3(30 if args.quick else 90, args.repeats)
         if 4 in parts:
             part4([64, 128] if args.quick else [64, 128, 256, 512])
         if 5 in parts:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.similarity.conftest import CFG, f64_model
+from tests.similarity.conftest import CFG, circuits, f64_model
 from tl_tensorsim.similarity import CheckpointSimilarity, checkpoint_similarity, head_similarity
 
 T = 4
@@ -41,6 +41,20 @@ def test_models_list_equals_pairwise_head_similarity(run, circuit, level, positi
             ref = head_similarity(run[t], run[s], circuit, level, positions=positions).values.diagonal()
             torch.testing.assert_close(res.values[:, t, s], ref, rtol=0, atol=1e-9)
     torch.testing.assert_close(res.to_final, res.values[:, -1, :])
+
+
+@pytest.mark.parametrize("circuit", ["QK", "OV"])
+def test_per_head_kernel_equals_general_kernel_and_brute_force(circuit):
+    """The residual-level T x T (per_head_gram, one triangle, blocked) equals the general pairwise kernel
+    (method="factored") and materialised circuits to 1e-12, at a T with several triangle blocks."""
+    models = [f64_model(40 + t) for t in range(9)]
+    dense = checkpoint_similarity(models, circuit, method="dense", progress=False)
+    factored = checkpoint_similarity(models, circuit, method="factored", progress=False)
+    torch.testing.assert_close(dense.values, factored.values, rtol=0, atol=1e-12)
+    M = torch.stack([circuits(m, circuit, "residual") for m in models], 1)  # [heads, T, d * d]
+    inner = torch.einsum("htk,hsk->hts", M, M)
+    d = inner.diagonal(dim1=1, dim2=2)
+    torch.testing.assert_close(dense.values, inner / (d[:, :, None] * d[:, None, :]).sqrt(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("level", ["residual", "token"])

@@ -32,7 +32,9 @@ def raw_weight_vectors(view: ModelView, circuit: str) -> Float[Tensor, "n_heads 
     return torch.cat([rearrange(first, "L H a b -> (L H) (a b)"), rearrange(second, "L H a b -> (L H) (a b)")], dim=-1)
 
 
-def raw_weight_similarity(model_a: ModelLike, model_b: ModelLike | None = None, circuit: Circuit = "QK") -> HeadSimilarity:
+def raw_weight_similarity(
+    model_a: ModelLike, model_b: ModelLike | None = None, circuit: Circuit = "QK"
+) -> HeadSimilarity:
     """Cosine of raw concatenated head weights (not gauge-invariant), float64 `[n_heads_a, n_heads_b]`."""
     va = as_view(model_a)
     vb = va if model_b is None else as_view(model_b)
