@@ -3,7 +3,8 @@
 
 Times, best of `--repeats`, on `--threads` torch threads, for each shipped model (or `--model DIR`): the certified
 brute force over all |G|² pairs, the untrusted search (`explain`) and the ρ-set check; prints seconds, FLOPs, the
-bound and the ratios ρ-set / brute force measured in this run, then the hand-built bi-equivariant S4 network.
+bound and the ratios ρ-set / brute force measured in this run (split, pairwise and low-rank deviations), then the
+hand-built bi-equivariant S4 network.
 
     python benchmarks/group_proofs.py [--groups S4 A5 S5] [--model DIR] [--repeats 3] [--threads 1]
 """
@@ -45,11 +46,14 @@ def main() -> None:
             rho_s, proof = best_of(args.repeats, lambda m=m, e=e: groups.rho_set(m, e))
             st = proof.settings
             pw_s, pw = best_of(args.repeats, lambda m=m, e=e: groups.rho_set(m, e, deviation="pairwise"))
+            lr_s, lr = best_of(args.repeats, lambda m=m, e=e: groups.rho_set(m, e, deviation="lowrank"))
             print(
                 f"{name:26s} {brute_s:8.3f} {search_s:9.3f} {rho_s:7.3f} {rho_s / brute_s:8.3f} "
                 f"{proof.flops / exact.flops:10.4f} {exact.bound:9.4f} {proof.bound:7.4f} {st['ideal_margin']:7.2f} "
                 f"{st['K'] + st['L_mean'] + st['R_mean']:9.2f} | pairwise {pw_s:.3f} s, ratio {pw_s / brute_s:.3f}, "
                 f"FLOPs {pw.flops / exact.flops:.4f}, bound {pw.bound:.4f}, best slack {float(pw.margin.max()):.2f}"
+                f" | low-rank (rank {lr.settings['lowrank']['rank']}) {lr_s:.3f} s, ratio {lr_s / brute_s:.3f}, "
+                f"FLOPs {lr.flops / exact.flops:.4f}, bound {lr.bound:.4f}, worst slack {float(lr.margin.min()):.2f}"
             )
     print(f"peak resident memory {peak_mb():.0f} MB, {args.threads} thread(s)")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -61,3 +63,34 @@ def test_registry_trains_resumes_and_loads(tmp_path):
     assert run.steps == [0, 3, 6] and len(run.history) == 3
     with pytest.raises(ValueError, match="directory"):
         group_mlp.save(run, group_mlp.WEIGHTS / "group_S5")  # an S3 run cannot overwrite the shipped S5 model
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_fused_train_loss_matches_the_module_forward(scale):
+    # the fused loss and its hand-written backward against autograd through the module forward, float64 loss;
+    # scale 300 on the pairs the model answers with a wide margin makes the loss tiny, where a float64 softmax minus 1
+    # keeps only absolute precision
+    model = GroupMLP(GroupMLPConfig(group="S4", d_embed=16, d_hidden=32, seed=2))
+    with torch.no_grad():
+        model.W_U.mul_(scale)
+    pairs = all_pairs(24)[::3]
+    labels = model.table.flatten()[::3]
+    if scale > 1:  # labels = the model's own confident answers: a near-zero loss
+        with torch.no_grad():
+            top = model(pairs).topk(2).values
+        pairs = pairs[top[:, 0] - top[:, 1] > 25]
+        labels = model(pairs).argmax(-1)
+    ref = torch.nn.functional.cross_entropy(model(pairs).double(), labels)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    loss = model.train_loss(pairs[:, 0], pairs[:, 1], labels)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert scale == 1 or (len(pairs) > 10 and float(ref.detach()) < 1e-8)
+    assert loss.dtype == torch.float64 and float(loss.detach()) == pytest.approx(
+        float(ref.detach()), rel=1e-5, abs=1e-12
+    )
+    exact_model = copy.deepcopy(model).double()  # the float64 network: the reference both are compared with
+    exact = torch.nn.functional.cross_entropy(exact_model(pairs), labels)
+    exact_grads = torch.autograd.grad(exact, list(exact_model.parameters()))
+    for g, r, x in zip(grads, ref_grads, exact_grads):
+        err, ref_err = float((g.double() - x).norm()), float((r.double() - x).norm())
+        assert err <= 2 * ref_err + 1e-6 * float(x.norm()), (err, ref_err)

@@ -9,6 +9,7 @@ explanations as baseline proofs), all float64.
     exact = groups.brute_force(model)             # every |G|² pair, certified margins
     expl = groups.explain(model)                  # irreps per neuron, cosets, ρ-set circuits
     proof = groups.rho_set(model, expl)           # margin of the idealised network minus deviation bounds
+    tight = groups.rho_set(model, expl, deviation="lowrank")  # per-z idealised gap, low-rank readout deviation
     base = groups.irrep(model, expl)              # baselines: groups.irrep, groups.coset (cost above brute force)
     table = groups.compare([model])               # bound and cost per strategy; .plot()
 """
@@ -47,7 +48,15 @@ from tl_tensorsim.proofs.groups.irreps import (
     split_representation,
     young_irrep,
 )
-from tl_tensorsim.proofs.groups.verify import brute_force, certified_margins, certified_tables, check_action, rho_set
+from tl_tensorsim.proofs.groups.verify import (
+    brute_force,
+    certified_margins,
+    certified_tables,
+    check_action,
+    explanation_rank,
+    lowrank_slack,
+    rho_set,
+)
 
 __all__ = [
     "Explanation",
@@ -65,6 +74,7 @@ __all__ = [
     "diagonal_orbits",
     "dihedral",
     "explain",
+    "explanation_rank",
     "fit_circuit",
     "fourier_transform",
     "from_permutations",
@@ -75,6 +85,7 @@ __all__ = [
     "irrep",
     "irrep_power",
     "irreps",
+    "lowrank_slack",
     "model_tables",
     "orbit",
     "partitions",

@@ -18,6 +18,7 @@ is index k and the reflection r^k s (i -> k - i mod n) is index n + k.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -189,8 +190,9 @@ def _elements(kind: str, n: int):
         raise ValueError(f"n: {e}") from None
 
 
+@functools.lru_cache(maxsize=16)
 def group_by_name(name: str) -> Group:
-    """ "S4", "A5", "C12", "D6", ... -> the group."""
+    """ "S4", "A5", "C12", "D6", ... -> the group (cached: one shared `Group` per name; treat it as read-only)."""
     makers = {"S": symmetric, "A": alternating, "C": cyclic, "D": dihedral}
     if not isinstance(name, str) or len(name) < 2 or name[0] not in makers or not name[1:].isdigit():
         raise ValueError(f"name: expected 'S<n>', 'A<n>', 'C<n>' or 'D<n>'; got {name!r}")
