@@ -139,12 +139,21 @@ def _blocks(K: int, N: int, unit_bytes: float, budget: float):
 
 
 def _dense_pairs(
-    Aa: Tensor, Ba: Tensor | None, Ab: Tensor, Bb: Tensor | None, reuse: bool, limit: float, buf: _Buffers
+    Aa: Tensor,
+    Ba: Tensor | None,
+    Ab: Tensor,
+    Bb: Tensor | None,
+    reuse: bool,
+    limit: float,
+    buf: _Buffers,
+    norms: list[Tensor | None] | None = None,
 ) -> Tensor:
     """`out[k] = M_a[k] M_b[k]^T` over the flattened matrices (`M = A @ B`, or `A` when `B` is None), accumulated
     over chunks of rows: a chunk materialises rows `p0:p1` of every matrix (`A[..., p0:p1, :] @ B`), at most
     `limit` bytes, into reused buffers, so no matrix is held whole and no fresh memory is touched per chunk.
-    `reuse`: `b` is `a`; each chunk is materialised once and only the upper triangle of head blocks multiplied."""
+    `reuse`: `b` is `a`; each chunk is materialised once and only the upper triangle of head blocks multiplied.
+    `norms`: `[K, Na]` and `[K, Nb]` tensors (or None) into which `||M_a[k]||_F^2`, `||M_b[k]||_F^2` are added from
+    the chunks as they are materialised (no extra pass over the factors)."""
     K, Na, m, _ = Aa.shape
     Nb = Ab.shape[1]
     n, item = _dims(Aa, Ba)[1], Aa.element_size()
@@ -159,7 +168,11 @@ def _dense_pairs(
                     continue
                 cut = [None if X is None else X[:, i0:i1] for X in (Aa, Ba)]
                 other = cut if reuse and i0 == j0 else [None if X is None else X[:, j0:j1] for X in (Ab, Bb)]
-                out[:, i0:i1, j0:j1] = _dense_pairs(*cut, *other, reuse and i0 == j0, limit, buf)
+                sub = None  # each head's norm accumulated once: a's in the first column of blocks, b's in the first row
+                if norms is not None:
+                    sub = [None if n is None or c else n[:, a:b] for n, c, a, b in ((norms[0], j0, i0, i1),
+                                                                                     (norms[1], i0, j0, j1))]  # fmt: skip
+                out[:, i0:i1, j0:j1] = _dense_pairs(*cut, *other, reuse and i0 == j0, limit, buf, sub)
         return out
     rows = int(max(1, min(m, limit // row)))
     kk = int(max(1, min(K, limit // (row * m)))) if rows == m else 1
@@ -175,6 +188,9 @@ def _dense_pairs(
         for p0, p1 in chunk_ranges(m, rows):
             Xa = chunk("a", Aa, Ba, k0, k1, p0, p1)
             Xb = Xa if reuse else chunk("b", Ab, Bb, k0, k1, p0, p1)
+            for X, acc_n in zip((Xa, Xb), norms or ()):
+                if acc_n is not None:
+                    acc_n[k0:k1] += torch.einsum("kir,kir->ki", X, X)
             for (i0, i1), (j0, j1) in tiles:  # out= form: in-place `baddbmm_` escapes torch's FlopCounterMode
                 y = acc[(i0, i1), (j0, j1)][k0:k1]
                 torch.baddbmm(y, Xa[:, i0:i1], Xb[:, j0:j1].mT, out=y)
@@ -199,13 +215,19 @@ def pairwise_kernel(
     *,
     method: Method = "auto",
     memory_budget: float | None = None,
-) -> Float[Tensor, "K Na Nb"]:
+    with_norms: bool = False,
+) -> Float[Tensor, "K Na Nb"] | tuple[Tensor, Tensor, Tensor]:
     """`out[k, i, j] = <A_a[k,i] B_a[k,i], A_b[k,j] B_b[k,j]>_{G,H}` for all pairs within each of `K` blocks.
 
     `B=None` marks a dense operand (`A` is the matrix). `Ab=None` compares `a` with itself. Computes in the
     dtype and on the device of the inputs (callers cast; the public functions use float64).
+    `with_norms` (two different operands, no metrics): also return the squared norms `||M_a[k,i]||_F^2` `[K, Na]`
+    and `||M_b[k,j]||_F^2` `[K, Nb]`, summed from the chunks the dense evaluation materialises anyway (the factored
+    evaluation computes them as `Sum[(A^T A) o (B B^T)]` per matrix).
     """
     same = Ab is None
+    if with_norms and (same or G is not None or H is not None):
+        raise ValueError("with_norms: only for two different operands without metrics (G and H None)")
     if same:
         Ab, Bb = Aa, Ba
     K, Na, ma, _ = Aa.shape
@@ -235,9 +257,21 @@ def pairwise_kernel(
             S = buf.matmul("left", rearrange(Aa[k0:k1, i0:i1], "K N m r -> K (N r) m"), Pb[k0:k1])
             S.mul_(buf.matmul("right", rearrange(Ba[k0:k1, i0:i1], "K N r n -> K (N r) n"), Qb[k0:k1]))
             out[k0:k1, i0:i1] = reduce(S, "K (Na ra) (Nb rb) -> K Na Nb", "sum", ra=ra, rb=rb)
-        return out
+        if not with_norms:
+            return out
+        return out, *(_self_norms(A, B, memory_budget) for A, B in ((Aa, Ba), (Ab, Bb)))
+    if not with_norms:
+        return _dense_pairs(Aa, Ba, Ab, Bb, reuse, min(budget, DENSE_CHUNK_BYTES), buf)
+    norms = [Aa.new_zeros(K, Na), Aa.new_zeros(K, Nb)]
+    out = _dense_pairs(Aa, Ba, Ab, Bb, reuse, min(budget, DENSE_CHUNK_BYTES), buf, norms)
+    return out, norms[0], norms[1]
 
-    return _dense_pairs(Aa, Ba, Ab, Bb, reuse, min(budget, DENSE_CHUNK_BYTES), buf)
+
+def _self_norms(A: Tensor, B: Tensor | None, memory_budget: float | None) -> Tensor:
+    """`||A[k,i] B[k,i]||_F^2` `[K, N]`: each matrix against itself as a block of its own."""
+    K, N = A.shape[:2]
+    one = [None if X is None else rearrange(X, "K N a b -> (K N) 1 a b") for X in (A, B)]
+    return pairwise_kernel(*one, *one, memory_budget=memory_budget)[:, 0, 0].reshape(K, N)
 
 
 def _prepare(x: FactoredLike, argument: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor | None, tuple]:

@@ -153,3 +153,22 @@ def test_live_model_circuits_that_require_grad(model_pair):
         ht.QK[0].AB.detach().double().flatten(1), ht.QK[1].AB.detach().double().flatten(1)
     )
     assert not cos.requires_grad and torch.allclose(cos, dense, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["dense", "factored"])
+@pytest.mark.parametrize("budget", [None, 2_000, 200])  # 2 kB: chunks of rows; 200 B: the heads split too
+def test_pairwise_norms_from_the_chunks(method, budget):
+    K, Na, Nb, m, r, n = 2, 5, 3, 7, 2, 6
+    Aa, Ba, Ab, Bb = (
+        rand(K, Na, m, r, seed=1),
+        rand(K, Na, r, n, seed=2),
+        rand(K, Nb, m, r, seed=3),
+        rand(K, Nb, r, n, seed=4),
+    )
+    out, na, nb = pairwise_kernel(Aa, Ba, Ab, Bb, method=method, memory_budget=budget, with_norms=True)
+    Ma, Mb = Aa @ Ba, Ab @ Bb
+    torch.testing.assert_close(out, torch.einsum("kimn,kjmn->kij", Ma, Mb), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(na, Ma.pow(2).sum((-2, -1)), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(nb, Mb.pow(2).sum((-2, -1)), atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match="with_norms"):
+        pairwise_kernel(Aa, Ba, with_norms=True)

@@ -394,10 +394,13 @@ def head_similarity(
         else:
             Gs, Hs = _cached_triples(va, vb, same, circuit, n_pos, fold, dtype, device, gram_precision)
             (Gaa, Gab, Gbb), (Haa, Hab, Hbb) = ([X[k] for k in ("aa", "ab", "bb")] for X in (Gs, Hs))
-        inner = pairwise_kernel(Aa, Ba, Ab, Bb, Gab, Hab, **kw)[0]
+        if level == "residual" and not same:  # the norms from the chunks the pairs are computed from
+            inner, na, nb = (t[0] for t in pairwise_kernel(Aa, Ba, Ab, Bb, with_norms=True, **kw))
+        else:
+            inner = pairwise_kernel(Aa, Ba, Ab, Bb, Gab, Hab, **kw)[0]
         if same:
             na = nb = inner.diagonal()
-        else:
+        elif level != "residual":
             na = pairwise_kernel(Aa[0, :, None], Ba[0, :, None], Aa[0, :, None], Ba[0, :, None], Gaa, Haa, **kw)[
                 :, 0, 0
             ]
