@@ -41,8 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import tl_tensorsim as ts
 from tl_tensorsim.similarity import checkpoint_similarity, gram, head_similarity, pairwise_kernel
-from tl_tensorsim.similarity.checkpoints import per_head_gram
-from tl_tensorsim.similarity.heads import GRAM_CACHE, circuit_factors
+from tl_tensorsim.similarity.checkpoint_pairs import per_head_gram
+from tl_tensorsim.similarity.circuit_parts import circuit_factors
+from tl_tensorsim.similarity.token_grams import GRAM_CACHE
 from tl_tensorsim.training import limit_threads
 
 GPT2 = dict(

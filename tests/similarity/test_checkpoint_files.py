@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from tests.conftest import make_bridge
 from tl_tensorsim.adapter import ModelView
 from tl_tensorsim.similarity import checkpoint_similarity
-from tl_tensorsim.similarity.heads import circuit_factors
+from tl_tensorsim.similarity.circuit_parts import circuit_factors
 
 
 def _write(bridges, folder, names):

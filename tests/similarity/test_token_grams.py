@@ -6,21 +6,21 @@ import pytest
 import torch
 
 from tests.similarity.conftest import brute_cosine, circuits, f64_model
-from tl_tensorsim.similarity import head_similarity, heads
+from tl_tensorsim.similarity import head_similarity, token_grams
 
 
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of vocab_grams calls (each is one pass over the vocabulary); the cache starts empty."""
-    monkeypatch.setattr(heads, "GRAM_CACHE", heads._GramCache())
+    monkeypatch.setattr(token_grams, "GRAM_CACHE", token_grams._GramCache())
     calls = []
-    real = heads.vocab_grams
+    real = token_grams.vocab_grams
 
     def spy(*args, **kwargs):
         calls.append(tuple(args[0].shape))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(heads, "vocab_grams", spy)
+    monkeypatch.setattr(token_grams, "vocab_grams", spy)
     return calls
 
 
@@ -60,7 +60,7 @@ def test_float32_grams_accumulated_in_float64(circuit):
 
 
 def test_cache_sees_writes_that_bypass_the_version_counter():
-    from tl_tensorsim.similarity.heads import _GramCache
+    from tl_tensorsim.similarity.token_grams import _GramCache
 
     cache = _GramCache()
     w = torch.randn(50, 8)

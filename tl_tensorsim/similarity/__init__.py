@@ -13,7 +13,8 @@ from tl_tensorsim.linalg import cosine_from_parts, gram
 from tl_tensorsim.similarity.baselines import behavioral_similarity, head_outputs, raw_weight_similarity
 from tl_tensorsim.similarity.checkpoint_io import load_pretrained_checkpoint
 from tl_tensorsim.similarity.checkpoints import CheckpointSimilarity, checkpoint_similarity
-from tl_tensorsim.similarity.heads import circuit_factors, head_similarity
+from tl_tensorsim.similarity.circuit_parts import circuit_factors
+from tl_tensorsim.similarity.heads import head_similarity
 from tl_tensorsim.similarity.results import HeadSimilarity
 
 __all__ = [

@@ -48,13 +48,12 @@ from tl_tensorsim.proofs.groups.irreps import (
     split_representation,
     young_irrep,
 )
+from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
 from tl_tensorsim.proofs.groups.verify import (
     brute_force,
     certified_margins,
     certified_tables,
     check_action,
-    explanation_rank,
-    lowrank_slack,
     rho_set,
 )
 
