@@ -184,15 +184,29 @@ def path_patching(
         metric: a `metrics.MetricName` (default: the task's).
     Returns a `PathPatching` (float64, CPU). Cost: see the module docstring.
     """
+    return _path_patching(model, prompts, corruption, [receivers], senders, metric, batch_size)[0]
+
+
+def _path_patching(
+    model: Any,
+    prompts: PromptSet,
+    corruption: str,
+    receiver_sets: Sequence[str | Sequence[Receiver]],
+    senders: Sequence[tuple[int, int]] | None,
+    metric: MetricName | None,
+    batch_size: int,
+) -> list[PathPatching]:
+    """One `PathPatching` per receiver set, sharing the clean and corrupted runs and, per sender, the frozen run
+    (whose logits are the direct effect and which records the inputs of every set's receivers at once)."""
     view = as_view(model)
     if not isinstance(prompts, PromptSet):
         raise TypeError(f"prompts: expected a PromptSet (circuits.datasets); got {type(prompts).__name__}")
     prompts.corruption(corruption)
     task_metric(prompts, metric)
-    recv = _receivers(receivers, view, prompts)
+    sets = [_receivers(r, view, prompts) for r in receiver_sets]
     batch_size = checked_int(batch_size, "batch_size", 1, "a positive number of prompts per forward pass")
     n_layers, n_heads = view.cfg.n_layers, view.cfg.n_heads
-    top = n_layers if recv is None else min(r.layer for r in recv)
+    top = min([n_layers] + [r.layer for recv in sets for r in recv or []])
     senders = [(i, j) for i in range(top) for j in range(n_heads)] if senders is None else list(senders)
     bad = [s for s in senders if not (isinstance(s, tuple) and len(s) == 2 and 0 <= s[0] < top and 0 <= s[1] < n_heads)]
     if bad or not senders:
@@ -203,11 +217,11 @@ def path_patching(
     z_names = [view.check_hook_name(f"blocks.{i}.attn.hook_z", "model") for i in range(n_layers)]
     mlp_names = [] if view.config_value("attn_only", False) else [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
     frozen_names = z_names + [view.check_hook_name(h, "model") for h in mlp_names]
-    recv_names = sorted({r.hook_name for r in recv or []})
+    recv_names = sorted({r.hook_name for recv in sets for r in recv or []})
     for name in recv_names:
         view.check_hook_name(name, "receivers")
     n = len(prompts)
-    per_prompt = torch.full((n_layers, n_heads, n), math.nan, dtype=torch.float64)
+    per_prompt = torch.full((len(sets), n_layers, n_heads, n), math.nan, dtype=torch.float64)
     clean_m, corrupt_m = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
     run = view.model.run_with_hooks
     with torch.no_grad():
@@ -225,26 +239,30 @@ def path_patching(
                 fwd = [
                     (name, _freeze(clean[name], dirty[name] if name == sender else None, head)) for name in frozen_names
                 ]
-                if recv is None:
-                    per_prompt[layer, head, a:b] = score(run(tokens, fwd_hooks=fwd)).cpu()
-                    continue
                 seen: dict[str, Tensor] = {}
-                run(tokens, fwd_hooks=fwd + [(name, _record(seen, name)) for name in recv_names])
-                patch = [(r.hook_name, _patch_input(r, seen, sub)) for r in recv]
-                per_prompt[layer, head, a:b] = score(run(tokens, fwd_hooks=patch)).cpu()
-    return PathPatching(
-        receivers=("logits",) if recv is None else tuple(r.label for r in recv),
-        metric=metric or task_metric(prompts.subset(slice(0, 1)), metric).name,
-        corruption=corruption,
-        per_prompt=per_prompt,
-        clean=clean_m,
-        corrupted=corrupt_m,
-        provenance=Provenance(
-            models=(view.cfg.model_name,),
-            hooks=tuple(recv_names),
-            settings={"n_prompts": n, "senders": [list(s) for s in senders], "task": prompts.task},
-        ),
-    )
+                direct = score(run(tokens, fwd_hooks=fwd + [(name, _record(seen, name)) for name in recv_names]))
+                for k, recv in enumerate(sets):
+                    if recv is None:
+                        per_prompt[k, layer, head, a:b] = direct.cpu()
+                    else:
+                        patch = [(r.hook_name, _patch_input(r, seen, sub)) for r in recv]
+                        per_prompt[k, layer, head, a:b] = score(run(tokens, fwd_hooks=patch)).cpu()
+    return [
+        PathPatching(
+            receivers=("logits",) if recv is None else tuple(r.label for r in recv),
+            metric=metric or task_metric(prompts.subset(slice(0, 1)), metric).name,
+            corruption=corruption,
+            per_prompt=per_prompt[k],
+            clean=clean_m.clone(),
+            corrupted=corrupt_m.clone(),
+            provenance=Provenance(
+                models=(view.cfg.model_name,),
+                hooks=tuple(sorted({r.hook_name for r in recv or []})),
+                settings={"n_prompts": n, "senders": [list(s) for s in senders], "task": prompts.task},
+            ),
+        )
+        for k, recv in enumerate(sets)
+    ]
 
 
 def _freeze(clean: Tensor, dirty: Tensor | None, head: int):
@@ -309,7 +327,9 @@ def discover_circuit(
     are renamed by `class_names` (default `IOI_CLASS_NAMES`: direct -> name mover, queries of the name movers ->
     S-inhibition); later levels use the renamed parent. Returns `(classes, results)`: `{class: ((layer, head), ...)}`
     (non-empty classes, strongest head first) and the `PathPatching` of every step keyed by its receivers' class
-    and input (`"logits"`, `"q input of name mover"`, ...). Cost: one `path_patching` per (level, class, input).
+    and input (`"logits"`, `"q input of name mover"`, ...). Cost: per (level, class), the
+    clean and corrupted runs and one frozen run per sender shared by all `inputs`, plus one patched run per input and
+    sender.
     """
     names = IOI_CLASS_NAMES if class_names is None else dict(class_names)
     depth = checked_int(depth, "depth", 1, "at least 1 level")
@@ -332,10 +352,9 @@ def discover_circuit(
         for parent, heads in level.items():
             if min(h[0] for h in heads) == 0:
                 continue
-            for inp in inputs:
+            sets = [[Receiver(i, j, inp) for i, j in heads] for inp in inputs]
+            for inp, res in zip(inputs, _path_patching(model, prompts, corruption, sets, None, None, batch_size)):
                 raw = f"{inp} input of {parent}"
-                res = path_patching(model, prompts, corruption, [Receiver(i, j, inp) for i, j in heads],
-                                    batch_size=batch_size)  # fmt: skip
                 results[raw] = res
                 found = tuple(h for h in res.heads(threshold, -1) if h not in classes.get(names.get(raw, raw), ()))
                 if found:
