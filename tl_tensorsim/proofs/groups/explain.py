@@ -27,6 +27,7 @@ from torch import Tensor
 
 from tl_tensorsim.artifacts import Artifact, Provenance
 from tl_tensorsim.proofs.groups.fourier import fourier_transform, irrep_power
+from tl_tensorsim.proofs.groups.fourier_bound import fit_phi_hat
 from tl_tensorsim.proofs.groups.groups import Group, group_by_name
 from tl_tensorsim.proofs.groups.irreps import irreps
 
@@ -153,7 +154,10 @@ class Explanation(Artifact):
     ρ-sets `left_sets[c]`, `right_sets[c]` (`[k, d_c]`, unit), shared vector `u[c]` (`[d_c]`), the idealised
     values ℓ `ell[c]` (`[k_l]`), `r[c]` (`[k_r]`) and U `U[c]` (`[k_l, k_r]`, made orbit-constant by the verifier); and per assigned
     neuron (`assign`, int64 `[n, 4]`: circuit, neuron, a index, b index) its scale `lam` (`[n]`) and its share
-    `share` (`[n]`) of its pair's readout (normalised per pair by the verifier)."""
+    `share` (`[n]`) of its pair's readout (normalised per pair by the verifier); and the idealised bi-equivariant
+    readout in the circuits' irreps, `phi_irreps` with one matrix Φ̂ `phi_hat[k]` (`[d, d]`) each, the least-squares
+    fit of the network's logits (`fourier_bound.fit_phi_hat`) that `rho_set(..., deviation="fourier")` certifies
+    against."""
 
     group: str
     irreps: list[str]
@@ -174,6 +178,8 @@ class Explanation(Artifact):
     lam: Tensor
     share: Tensor
     closure_error: list[float] = field(default_factory=list)
+    phi_irreps: list[str] = field(default_factory=list)
+    phi_hat: list[list[list[float]]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance, compare=False)
 
@@ -181,6 +187,10 @@ class Explanation(Artifact):
         """Irreps holding at least `threshold` of the neurons (Chughtai's key irreps)."""
         counts = torch.bincount(self.neuron_irrep, minlength=len(self.irreps)).double() / len(self.neuron_irrep)
         return [n for n, c in zip(self.irreps, counts.tolist()) if c >= threshold]
+
+    def idealised_readout(self) -> dict[str, Tensor]:
+        """{irrep name: Φ̂ float64 `[d, d]`}: the idealised network f̃(z | x, y) = Φ(x⁻¹ ⋆ z ⋆ y⁻¹) in those irreps."""
+        return {n: torch.tensor(p, dtype=torch.float64) for n, p in zip(self.phi_irreps, self.phi_hat)}
 
     def rho_sets(self, c: int) -> tuple[Tensor, Tensor]:
         """The left and right ρ-sets of circuit c (float64 `[k_l, d]`, `[k_r, d]`)."""
@@ -330,8 +340,9 @@ def _nearest(orbits: list[Tensor], dirs: Tensor, cos: float) -> tuple[Tensor, Te
 def explain(
     model: Any, min_neurons: int = 4, cos: float = 0.95, coset_tol: float = 0.05, min_fill: float = 0.25
 ) -> Explanation:
-    """Irrep sparsity, coset concentration and ρ-set circuits of a `GroupMLP` (module docstring); cost
-    O(|G|²·m) for the Fourier transforms plus O(|G|²·m) for the coset scan."""
+    """Irrep sparsity, coset concentration and ρ-set circuits of a `GroupMLP` (module docstring), and the fitted
+    idealised readout Φ̂ in the circuits' irreps; cost O(|G|²·m) for the Fourier transforms and the coset scan,
+    plus 2·4096·m·Σ d² for Φ̂."""
     group, wl, wr, wu = model_tables(model)
     names = [r.name for r in irreps(group)]
     pl, pr, pu = irrep_power(wl, group), irrep_power(wr, group), irrep_power(wu.T, group)
@@ -340,6 +351,7 @@ def explain(
     left = coset_concentration(wl, group, coset_tol)
     # w_r constant on right cosets Hy: apply the same scan to y -> w_r(y⁻¹) (Hy ↔ y⁻¹H)
     right = coset_concentration(wr[group.inverse], group, coset_tol)
+    phi_hat = fit_phi_hat(group, wl, wr, wu, list(dict.fromkeys(found["circuit_irrep"])))
     return Explanation(
         group=group.name,
         irreps=names,
@@ -360,6 +372,8 @@ def explain(
         lam=torch.tensor(found["lam"], dtype=torch.float64),
         share=torch.tensor(found["share"], dtype=torch.float64),
         closure_error=found["err"],
+        phi_irreps=list(phi_hat),
+        phi_hat=[p.tolist() for p in phi_hat.values()],
         settings={"min_neurons": min_neurons, "cos": cos, "coset_tol": coset_tol, "min_fill": min_fill},
         provenance=Provenance(models=(getattr(model.cfg, "model_name", ""),), settings={"function": "explain"}),
     )

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, gamma
+from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_matmul, gamma
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 
 __all__ = ["explanation_rank", "lowrank_slack"]
@@ -74,12 +74,12 @@ def lowrank_slack(
     A = mat.mid @ B.T  # [M', r]
     res = mat - Ball.exact(A) @ Ball.exact(B)  # [M', n], encloses M - A·B exactly
     # Σ_k max_z v_k Res[k, z] <= Σ_k max(v_k hi_k, v_k lo_k) = v·lo + ReLU(v)·(hi - lo); one product gives v·A and v·lo.
-    # The big products use per-column bounds of v's radius and size (`_column_matmul`).
+    # The big products use per-column bounds of v's radius and size (`column_matmul`).
     lo, hi = res.lower().amin(1), res.upper().amax(1)
     colrad, colabs = v.rad.amax(0), v.mid.abs().amax(0)  # [M']
-    both = _column_matmul(v.mid, colrad, colabs, torch.cat([A, lo[:, None]], 1))  # [n², r + 1]
+    both = column_matmul(v.mid, colrad, colabs, torch.cat([A, lo[:, None]], 1))  # [n², r + 1]
     spread = (Ball.exact(hi) - Ball.exact(lo)).upper()[:, None]  # ReLU(v) >= 0: an upper bound of the range will do
-    worst = both[:, rank] + _column_matmul(v.mid.clamp_min(0), colrad, colabs, spread)[:, 0]
+    worst = both[:, rank] + column_matmul(v.mid.clamp_min(0), colrad, colabs, spread)[:, 0]
     # v·Res[:, z*]: the pairs with answer z* are rows z*·n .. z*·n + n - 1 (batched, radius per answer z*)
     k = v.shape[1]
     at_mid = (v.mid.reshape(n, n, k) @ res.mid.T[:, :, None]).flatten()
@@ -98,7 +98,7 @@ def lowrank_slack(
     low_star = Ball(torch.zeros(n * n, dtype=torch.float64))
     if rank:
         low_abs = both.mid[:, :rank].abs().amax(0)
-        low = _column_matmul(both.mid[:, :rank], both.rad[0, :rank], low_abs, B)  # [n², n]: (v·A)·B
+        low = column_matmul(both.mid[:, :rank], both.rad[0, :rank], low_abs, B)  # [n², n]: (v·A)·B
         low_star = low.map(lambda t: t.gather(1, label[:, None])[:, 0])
         vals += low.mid  # rounded: the error is at most EPS·|vals| per entry
         err = err + Ball.exact(low.rad[0].max())
@@ -118,18 +118,6 @@ def lowrank_slack(
     out = torch.empty(n, n, dtype=torch.float64)
     out[x, y] = slack
     return out, terms
-
-
-def _column_matmul(mid: Tensor, colrad: Tensor, colabs: Tensor, other: Tensor) -> Ball:
-    """`v @ other` for the exact v with |v - mid| <= colrad and |mid| <= colabs per column (`[k]`), `other` `[k, r]`
-    exact: midpoint fl(mid @ other), radius colrad·|other| + γ_k·colabs·|other| (Higham's dot-product bound) per
-    output column, rounded up. One product instead of `Ball.__matmul__`'s three, at the price of per-column radii."""
-    k = mid.shape[-1]
-    out = mid @ other
-    add_flops(2 * out.numel() * k)
-    absolute = Ball.exact(other.abs())
-    rad = (Ball.exact(colrad[None]) @ absolute + (Ball.exact(colabs[None]) @ absolute) * gamma(k)).upper()
-    return Ball(out, rad.expand_as(out))
 
 
 def _widen(b: Ball, columns: Tensor) -> Ball:

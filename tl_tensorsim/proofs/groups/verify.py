@@ -44,8 +44,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.checks import check_choice, checked_int
-from tl_tensorsim.proofs.certified import Ball, count_flops
+from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_matmul, count_flops
 from tl_tensorsim.proofs.groups.explain import Explanation, diagonal_orbits, model_tables, rho_set_action
+from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, hidden_bounds
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
 from tl_tensorsim.proofs.result import ProofResult
@@ -53,6 +54,7 @@ from tl_tensorsim.training import limit_threads
 
 __all__ = [
     "Deviation",
+    "Idealised",
     "brute_force",
     "certified_margins",
     "certified_tables",
@@ -61,7 +63,8 @@ __all__ = [
 ]
 
 CLASS_AXES = ("x", "y")
-Deviation = Literal["split", "pairwise", "lowrank"]
+Deviation = Literal["split", "pairwise", "lowrank", "fourier"]
+Idealised = Literal["fit", "rho_set"]
 
 
 def certified_tables(model: Any) -> tuple[Any, Ball, Ball, Ball]:
@@ -110,16 +113,21 @@ def brute_force(model: Any, threads: int | None = 1) -> ProofResult:
 def certified_margins(table: Tensor, wl: Ball, wr: Ball, wu: Ball) -> Tensor:
     """Lower bounds (float64 `[order, order]`) of the margins f(x⋆y | x, y) - max_{z ≠ x⋆y} f(z | x, y) of the
     network ReLU(wl[x] + wr[y]) @ wu given by the balls wl, wr `[order, m]`, wu `[m, order]`; `table[x, y]` the
-    correct class. Cost O(|G|²·m·|G|)."""
-    n = table.shape[0]
-    x = torch.arange(n).repeat_interleave(n)
-    y = torch.arange(n).repeat(n)
-    logits = (wl[x] + wr[y]).relu() @ wu  # [n², order]
-    label = table.flatten()
-    right = logits.map(lambda t: t.gather(1, label[:, None])[:, 0])
-    others = logits.map(lambda t: t.scatter(1, label[:, None], -torch.inf))
-    others = Ball(others.mid, logits.rad)
-    return (right.lower() - others.upper().amax(1)).reshape(n, n)
+    correct class. One float64 product `[order², m] @ [m, order]` on midpoints with per-column error bounds
+    (`column_matmul`: the hidden values' radius and the dot products' rounding), then the margins rounded
+    outward. Cost 2·|G|²·m·|G| + O(|G|³)."""
+    n, m = wl.shape
+    h = (wl.mid[:, None] + wr.mid[None]).clamp_min_(0).reshape(n * n, m)  # ReLU is exact and 1-Lipschitz
+    add_flops(2 * h.numel())
+    colrad, colabs = hidden_bounds(wl, wr)
+    logits = column_matmul(h, colrad, colabs, wu)  # [n², order], radius per column z
+    label = table.flatten()[:, None]
+    rad = logits.rad[0]
+    right = logits.mid.gather(1, label)[:, 0] - rad[label[:, 0]]
+    others = (logits.mid + rad).scatter_(1, label, -torch.inf).amax(1)
+    margin = right - others
+    add_flops(3 * logits.mid.numel())
+    return (margin - EPS * (right.abs() + others.abs() + margin.abs()) - 2.0**-1000).reshape(n, n)
 
 
 def check_action(sigma: Int[Tensor, "order k"], table: Tensor, generators: list[int]) -> bool:
@@ -144,6 +152,7 @@ def rho_set(
     deviation: Deviation = "split",
     threads: int | None = 1,
     rank: int | str = "auto",
+    phi: Idealised = "fit",
 ) -> ProofResult:
     """The ρ-set proof (module docstring): `certified` bool `[order, order]`, bound = its mean; `settings` holds
     the idealised margin, the circuits kept and dropped, the closure errors and the deviation constant K.
@@ -153,8 +162,14 @@ def rho_set(
     inequality before its split; O(|G|²·m), still |G| times below brute force), or "lowrank" (`lowrank_slack`):
     the idealised gap Φ(e) - Φ(x⁻¹zy⁻¹) per z plus the readout deviation split as A·B + Res, (v·A)·B exact and
     Res bounded, O(|G|²·M'·r + |G|³·r). `rank` (lowrank only): r >= 0, or "auto": Σ d_ρ² over the explanation's
-    irreps (`explanation_rank`), capped so that the check costs at most half of brute force."""
+    irreps (`explanation_rank`), capped so that the check costs at most half of brute force; or "fourier"
+    (`fourier_bound`): per pair the logits' matrix coefficients in the explanation's irreps against an idealised
+    Φ̂ (Cauchy–Schwarz per irrep, per conjugacy class of x⁻¹zy⁻¹) plus a per-neuron bound on the rest of the readout,
+    O(|G|²·m·(Σ d² + 1)), no |G|² x |G| table. `phi` (fourier only): "fit", the explanation's fitted Φ̂
+    (`Explanation.idealised_readout`; the ρ-set circuits are then not needed), or "rho_set", the Fourier
+    coefficients of the verified ρ-set network's Φ in the kept circuits' irreps."""
     check_choice(deviation, Deviation, "deviation")
+    check_choice(phi, Idealised, "phi")
     if rank != "auto":
         rank = checked_int(rank, "rank", 0, "an integer >= 0 or 'auto'")
     if not isinstance(explanation, Explanation):
@@ -163,6 +178,8 @@ def rho_set(
         )
     if explanation.group != model.cfg.group:
         raise ValueError(f"explanation: expected one for group {model.cfg.group}; got one for {explanation.group}")
+    if deviation == "fourier" and phi == "fit":
+        return _fourier(model, explanation, threads)
     start = time.perf_counter()
     with count_flops() as flops, limit_threads(threads):
         group, wl, wr, wu = certified_tables(model)
@@ -281,6 +298,10 @@ def rho_set(
         if deviation == "split":
             dev = L.map(lambda t: t[:, None].expand(n, n)) + Rr.map(lambda t: t[None, :].expand(n, n)) + K
             slack = margin_ideal.lower() - dev.upper()
+        elif deviation == "fourier":
+            names = dict.fromkeys(explanation.circuit_irrep[c] for c in kept)
+            phi_hat = {k: torch.einsum("g,gjk->jk", phi.mid, irrep_by_name(group, k).matrices) for k in names}
+            slack, terms = fourier_slack(group, (wl, wr, wu), phi_hat)
         elif deviation == "pairwise":
             dev, terms = _pairwise_deviation(wl, wr, ideal_l, ideal_r, c_range, d_real, virt_l, virt_r, virt_d)
             slack = margin_ideal.lower() - dev.upper()
@@ -299,13 +320,24 @@ def rho_set(
         "R_mean": float(Rr.upper().mean()),
         "pairwise_terms_mean": terms if deviation == "pairwise" else {},
         "lowrank": terms if deviation == "lowrank" else {},
+        "fourier": terms if deviation == "fourier" else {},
         "circuits_kept": kept,
         "circuits_dropped": dropped,
         "closure_error": closure,
         "neurons_explained": int(used.sum()),
     }
-    name = {"split": "rho_set", "pairwise": "rho_set_pairwise", "lowrank": "rho_set_lowrank"}[deviation]
-    return _result(name, certified, start, flops, model, settings, margin=slack)
+    name = {"split": "rho_set", "pairwise": "rho_set_pairwise", "lowrank": "rho_set_lowrank"}.get(deviation)
+    return _result(name or "rho_set_fourier_rho", certified, start, flops, model, settings, margin=slack)
+
+
+def _fourier(model: Any, explanation: Explanation, threads: int | None) -> ProofResult:
+    """`rho_set(..., deviation="fourier", phi="fit")`: `fourier_slack` against the explanation's fitted Φ̂."""
+    start = time.perf_counter()
+    with count_flops() as flops, limit_threads(threads):
+        group, wl, wr, wu = certified_tables(model)
+        slack, terms = fourier_slack(group, (wl, wr, wu), explanation.idealised_readout())
+        certified = slack > 0
+    return _result("rho_set_fourier", certified, start, flops, model, {"fourier": terms}, margin=slack)
 
 
 def _pairwise_deviation(wl, wr, ideal_l, ideal_r, c_range, d_real, virt_l, virt_r, virt_d) -> tuple[Ball, dict]:
