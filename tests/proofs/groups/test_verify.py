@@ -55,7 +55,7 @@ def test_handbuilt_network_is_bi_equivariant_and_certified():
     assert rho_set(model, expl).bound == 0.0
 
 
-@pytest.mark.parametrize("deviation", ["split", "pairwise", "lowrank"])
+@pytest.mark.parametrize("deviation", ["split", "pairwise", "lowrank", "fourier"])
 @pytest.mark.parametrize("scale", [0.0, 0.001, 0.003, 0.01, 0.1, 1.0])
 def test_sound_under_noise(scale, deviation):
     group, circuits = tetra_circuits()
@@ -64,7 +64,7 @@ def test_sound_under_noise(scale, deviation):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * p.abs().max() * torch.randn(p.shape, generator=gen))
-    result = rho_set(model, expl, deviation=deviation)
+    result = rho_set(model, expl, deviation=deviation, phi="rho_set")
     assert bool((result.certified <= correct(model)).all())
     if scale <= 0.003:
         assert result.bound > (0.99 if scale <= 0.001 else 0.1)  # the inclusion is tested on a non-empty certificate
@@ -82,6 +82,7 @@ def _wrong(expl: Explanation, how: str) -> Explanation:
         e.U = [[[-v for v in row] for row in s] for s in e.U]
     elif how == "scales":
         e.lam = e.lam * 3
+        e.phi_hat = [[[3 * v for v in row] for row in p] for p in e.phi_hat]
     return e
 
 
@@ -90,15 +91,15 @@ def test_sound_under_wrong_explanations(how, s4, s4_explained):
     group, circuits = tetra_circuits()
     model, expl = handbuilt(group, circuits)
     for m, e in ((model, expl), (s4, s4_explained)):
-        for deviation, rank in (("split", 0), ("pairwise", 0), ("lowrank", 0), ("lowrank", 5)):
-            result = rho_set(m, _wrong(e, how), deviation=deviation, rank=rank)
+        for deviation, rank in (("split", 0), ("pairwise", 0), ("lowrank", 0), ("lowrank", 5), ("fourier", 0)):
+            result = rho_set(m, _wrong(e, how), deviation=deviation, rank=rank, phi="rho_set")
             assert bool((result.certified <= correct(m)).all())
 
 
 def test_sound_on_random_and_trained_models(s4):
     for seed in range(3):
         model = GroupMLP(GroupMLPConfig(group="S4", d_embed=24, d_hidden=24, seed=seed))
-        for deviation in ("split", "lowrank"):
+        for deviation in ("split", "lowrank", "fourier"):
             result = rho_set(model, explain(model, min_neurons=1), deviation=deviation)
             assert bool((result.certified <= correct(model)).all())
     for deviation in ("split", "pairwise"):

@@ -112,6 +112,8 @@ def fourier_slack(
     classes = [[g for g in c if g != e] for c in group.conjugacy_classes()]
     classes = [c for c in classes if c]
     names = sorted(phi_hat)
+    if not names:  # no idealised part: Φ_S = 0, so no pair can have a positive slack
+        return torch.full((n, n), -math.inf, dtype=torch.float64), {"irreps": [], "ideal_margin": 0.0}
     # per irrep: Ŵ columns, Φ_S, ŝ per class, ε, P̂ (all O(|G|·m·d²) or smaller, in balls)
     phi_s = Ball(torch.zeros(n, dtype=torch.float64))
     proj = Ball(torch.zeros(n, n, dtype=torch.float64))
