@@ -16,7 +16,7 @@ __all__ = ["compare", "plot"]
 
 def compare(models: list[Any] | Any) -> list[ProofComparison]:
     """One `ProofComparison` per GroupMLP: rows for brute force (the true accuracy) and the ρ-set proof with the
-    split and the pairwise deviation bound, and the baselines `irrep` (Chughtai et al.) and `coset` (Stander et al.)
+    split, pairwise, low-rank and Fourier deviation bounds, and the baselines `irrep` (Chughtai et al.) and `coset` (Stander et al.)
     built on the same explanation (its search time recorded as `search_s`), each with bound, ratio, FLOPs and
     seconds."""
     models = models if isinstance(models, (list, tuple)) else [models]
@@ -29,6 +29,8 @@ def compare(models: list[Any] | Any) -> list[ProofComparison]:
         proofs = [
             rho_set(model, expl),
             rho_set(model, expl, deviation="pairwise"),
+            rho_set(model, expl, deviation="lowrank"),
+            rho_set(model, expl, deviation="fourier"),
             irrep(model, expl),
             coset(model, expl),
         ]

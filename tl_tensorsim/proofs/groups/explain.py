@@ -27,7 +27,7 @@ from torch import Tensor
 
 from tl_tensorsim.artifacts import Artifact, Provenance
 from tl_tensorsim.proofs.groups.fourier import fourier_transform, irrep_power
-from tl_tensorsim.proofs.groups.fourier_bound import fit_phi_hat
+from tl_tensorsim.proofs.groups.fourier_bound import choose_irreps
 from tl_tensorsim.proofs.groups.groups import Group, group_by_name
 from tl_tensorsim.proofs.groups.irreps import irreps
 
@@ -155,7 +155,7 @@ class Explanation(Artifact):
     values ℓ `ell[c]` (`[k_l]`), `r[c]` (`[k_r]`) and U `U[c]` (`[k_l, k_r]`, made orbit-constant by the verifier); and per assigned
     neuron (`assign`, int64 `[n, 4]`: circuit, neuron, a index, b index) its scale `lam` (`[n]`) and its share
     `share` (`[n]`) of its pair's readout (normalised per pair by the verifier); and the idealised bi-equivariant
-    readout in the circuits' irreps, `phi_irreps` with one matrix Φ̂ `phi_hat[k]` (`[d, d]`) each, the least-squares
+    readout, `phi_irreps` (chosen by `explain`) with one matrix Φ̂ `phi_hat[k]` (`[d, d]`) each, the least-squares
     fit of the network's logits (`fourier_bound.fit_phi_hat`) that `rho_set(..., deviation="fourier")` certifies
     against."""
 
@@ -341,8 +341,9 @@ def explain(
     model: Any, min_neurons: int = 4, cos: float = 0.95, coset_tol: float = 0.05, min_fill: float = 0.25
 ) -> Explanation:
     """Irrep sparsity, coset concentration and ρ-set circuits of a `GroupMLP` (module docstring), and the fitted
-    idealised readout Φ̂ in the circuits' irreps; cost O(|G|²·m) for the Fourier transforms and the coset scan,
-    plus 2·4096·m·Σ d² for Φ̂."""
+    idealised readout Φ̂ (`choose_irreps`: in the circuits' irreps or the leading irreps of the readout, whichever
+    the Fourier check certifies more pairs with; `settings["fourier_estimate"]`); cost O(|G|²·m) for the Fourier
+    transforms and the coset scan, plus one Fourier check per candidate irrep set."""
     group, wl, wr, wu = model_tables(model)
     names = [r.name for r in irreps(group)]
     pl, pr, pu = irrep_power(wl, group), irrep_power(wr, group), irrep_power(wu.T, group)
@@ -351,7 +352,13 @@ def explain(
     left = coset_concentration(wl, group, coset_tol)
     # w_r constant on right cosets Hy: apply the same scan to y -> w_r(y⁻¹) (Hy ↔ y⁻¹H)
     right = coset_concentration(wr[group.inverse], group, coset_tol)
-    phi_hat = fit_phi_hat(group, wl, wr, wu, list(dict.fromkeys(found["circuit_irrep"])))
+    # the idealised readout's irreps: the circuits', or the first k irreps by readout power (>= 1% each), whichever
+    # the Fourier check certifies most pairs with
+    readout = (pu * (wu**2).sum(1)).sum(1)
+    ranked = [names[k] for k in readout.argsort(descending=True).tolist() if readout[k] >= 0.01 * readout.sum()]
+    ranked = [k for k in ranked if k not in ("trivial", f"({group.degree})")]
+    candidates = [list(dict.fromkeys(found["circuit_irrep"]))] + [ranked[: k + 1] for k in range(len(ranked))]
+    phi_hat, estimate = choose_irreps(group, wl, wr, wu, [c for c in candidates if c])
     return Explanation(
         group=group.name,
         irreps=names,
@@ -374,6 +381,12 @@ def explain(
         closure_error=found["err"],
         phi_irreps=list(phi_hat),
         phi_hat=[p.tolist() for p in phi_hat.values()],
-        settings={"min_neurons": min_neurons, "cos": cos, "coset_tol": coset_tol, "min_fill": min_fill},
+        settings={
+            "min_neurons": min_neurons,
+            "cos": cos,
+            "coset_tol": coset_tol,
+            "min_fill": min_fill,
+            "fourier_estimate": estimate,
+        },
         provenance=Provenance(models=(getattr(model.cfg, "model_name", ""),), settings={"function": "explain"}),
     )

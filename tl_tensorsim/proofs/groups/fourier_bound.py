@@ -44,7 +44,7 @@ from torch import Tensor
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_matmul, gamma
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
 
-__all__ = ["fit_phi_hat", "fourier_slack", "hidden_bounds", "irrep_errors"]
+__all__ = ["choose_irreps", "fit_phi_hat", "fourier_slack", "hidden_bounds", "irrep_errors"]
 
 
 def _frobenius_upper(b: Ball) -> Tensor:
@@ -97,6 +97,23 @@ def fit_phi_hat(
         M = (h @ torch.einsum("iz,zjk->ijk", wu, R).reshape(len(wu), d * d)).reshape(-1, d, d)
         out[name] = torch.einsum("pji,pjk,plk->il", R[x], M, R[y]) / len(x)
     return out
+
+
+def choose_irreps(
+    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, candidates: list[list[str]]
+) -> tuple[dict[str, Tensor], float]:
+    """Untrusted search: among candidate irrep sets, the fitted Φ̂ (`fit_phi_hat`) whose Fourier slack is positive on
+    the most pairs (ties: fewer matrix entries, the cheaper check), and that fraction. Float64 tables as in
+    `fit_phi_hat` (their float64 products taken as exact: a search, not a proof). Cost one check per candidate."""
+    tables = (Ball.exact(wl), Ball.exact(wr), Ball.exact(wu))
+    best: tuple[float, int, dict[str, Tensor]] = (-1.0, 0, {})
+    for names in candidates:
+        phi_hat = fit_phi_hat(group, wl, wr, wu, names)
+        score = float((fourier_slack(group, tables, phi_hat)[0] > 0).double().mean())
+        size = sum(int(p.shape[0]) ** 2 for p in phi_hat.values())
+        if (score, -size) > (best[0], -best[1]):
+            best = (score, size, phi_hat)
+    return best[2], max(best[0], 0.0)
 
 
 def fourier_slack(
