@@ -21,3 +21,4 @@ def test_group_proofs_demo_writes_report(tmp_path, monkeypatch):
     (summary,) = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["handbuilt_bound"] == 1.0 and summary["models"] == 2
     assert summary["lowrank_bounds"][1] >= 0.95  # the shipped S4 model
+    assert summary["fourier_bounds"][1] >= 0.95 and "Fourier bound (irreps)" in text
