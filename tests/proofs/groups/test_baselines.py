@@ -4,12 +4,10 @@ coset-constant network certify every pair whose brute-force margin is not tiny; 
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from tests.proofs.groups.factories import handbuilt, tetra_circuits
+from tests.proofs.groups.factories import handbuilt, noisy, tetra_circuits
 from tests.proofs.groups.test_verify import correct
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig
@@ -30,19 +28,10 @@ def s4():
     return group_mlp.load(group_mlp.shipped("S4")[0])
 
 
-def _noisy(model, scale, seed=0):
-    m = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(scale * p.abs().max() * torch.randn(p.shape, generator=gen))
-    return m
-
-
 @pytest.mark.parametrize("verifier", [irrep, coset])
 def test_sound_on_random_shipped_and_noisy_models(verifier, s4):
     models = [GroupMLP(GroupMLPConfig(group="S4", d_embed=24, d_hidden=24, seed=s)) for s in range(2)]
-    models += [s4, _noisy(s4, 0.01), _noisy(s4, 0.1)]
+    models += [s4, noisy(s4, 0.01), noisy(s4, 0.1)]
     for model in models:
         result = verifier(model, explain(model, min_neurons=1))
         assert result.certified.shape == (24, 24) and result.flops > 0 and result.wall_time > 0
@@ -91,8 +80,8 @@ def test_coset_constant_network_certifies_where_the_margin_allows():
     assert bool((result.certified <= exact.certified).all())
     assert bool(((exact.margin > 1e-5) <= result.certified).all()) and exact.bound > 0
     # a perturbation breaks the coset structure: still sound
-    noisy = _noisy(model, 0.05)
-    assert bool((coset(noisy, expl).certified <= correct(noisy)).all())
+    perturbed = noisy(model, 0.05)
+    assert bool((coset(perturbed, expl).certified <= correct(perturbed)).all())
 
 
 def test_compare_lists_the_baselines_and_checks_input(s4):

@@ -6,12 +6,10 @@ hand-built network certifies 100%."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from tests.proofs.groups.factories import handbuilt, tetra_circuits
+from tests.proofs.groups.factories import handbuilt, noisy, tetra_circuits
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig
 from tl_tensorsim.proofs.groups import brute_force, explain, group_by_name, irreps, rho_set
@@ -28,15 +26,6 @@ def _slack(model, names=None, phi_hat=None):
         phi_hat = fit_phi_hat(group, wl, wr, wu, names)
     _, bl, br, bu = certified_tables(model)
     return fourier_slack(group, (bl, br, bu), phi_hat)[0]
-
-
-def _noisy(model, scale, seed=0):
-    model = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * p.abs().max() * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.mark.parametrize("group", ["S3", "S4", "A4", "C7", "D5"])
@@ -77,13 +66,13 @@ def test_slack_is_below_every_exact_margin(group):
 def test_sound_and_tight_on_a_trained_model_under_noise():
     model = group_mlp.load(group_mlp.shipped("S4")[0])
     for scale in (0.0, 0.01, 0.1, 0.3):
-        noisy = _noisy(model, scale)
-        exact = brute_force(noisy)
-        slack = _slack(noisy)  # every irrep: no residual, only the Cauchy–Schwarz and rounding terms
+        perturbed = noisy(model, scale)
+        exact = brute_force(perturbed)
+        slack = _slack(perturbed)  # every irrep: no residual, only the Cauchy–Schwarz and rounding terms
         assert bool((slack <= exact.margin + 1e-9).all())
         if scale == 0.0:
             assert float((slack > 0).double().mean()) > 0.95
-        result = rho_set(noisy, explain(noisy), deviation="fourier")
+        result = rho_set(perturbed, explain(perturbed), deviation="fourier")
         assert bool((result.certified <= exact.certified).all())
         assert bool((result.margin <= exact.margin + 1e-9).all())
 
