@@ -188,7 +188,7 @@ def rho_set(
         ideal_l = torch.zeros(n, m, dtype=torch.float64)
         ideal_l = Ball(ideal_l)
         ideal_r, ideal_u = Ball(torch.zeros(n, m, dtype=torch.float64)), Ball(torch.zeros(m, n, dtype=torch.float64))
-        phi = Ball(torch.zeros(n, dtype=torch.float64))
+        phi_values = Ball(torch.zeros(n, dtype=torch.float64))  # Φ(g)
         K = Ball(torch.zeros((), dtype=torch.float64))
         used = torch.zeros(m, dtype=torch.bool)
         kept, dropped, closure, k_parts = [], [], [], []
@@ -243,7 +243,7 @@ def rho_set(
             R = (Ball.exact(ell)[:, None] + Ball.exact(r)[None, :]).relu()  # [kl, kr]: ReLU(ℓ(a) + r(b))
             sig_inv = sig_l[inv]  # [n, kl]: σ_{g⁻¹} on the left ρ-set
             # Φ_c(g) = Σ_{a,b} U[σ_{g⁻¹}a, b] R[a, b]
-            phi = phi + (Ball.exact(U[sig_inv]) * R.map(lambda t: t[None].expand(n, -1, -1))).sum(2).sum(1)
+            phi_values = phi_values + (Ball.exact(U[sig_inv]) * R.map(lambda t: t[None].expand(n, -1, -1))).sum(2).sum(1)
             # per pair slot P = (a, b): D_P = Σ_{j in P} λ_j range_z Δu_j; virtual slots (no neuron): range_z U(σ_{z⁻¹}a, b)
             uz_all = Ball.exact(U[sig_inv])  # [n(z), kl, kr]
             D = (uz_all.amax(0) - uz_all.amin(0)).map(lambda t: t.flatten())  # [kl·kr]
@@ -291,16 +291,16 @@ def rho_set(
         L = dl.abs() @ c_range  # [n]
         Rr = dr.abs() @ c_range  # [n]
         e = group.identity
-        others = torch.cat([phi.mid[:e], phi.mid[e + 1 :]])
-        rad_others = torch.cat([phi.rad[:e], phi.rad[e + 1 :]])
-        margin_ideal = phi[e] - Ball(others, rad_others).amax(0)
+        others = torch.cat([phi_values.mid[:e], phi_values.mid[e + 1 :]])
+        rad_others = torch.cat([phi_values.rad[:e], phi_values.rad[e + 1 :]])
+        margin_ideal = phi_values[e] - Ball(others, rad_others).amax(0)
         terms: dict[str, float] = {}
         if deviation == "split":
             dev = L.map(lambda t: t[:, None].expand(n, n)) + Rr.map(lambda t: t[None, :].expand(n, n)) + K
             slack = margin_ideal.lower() - dev.upper()
         elif deviation == "fourier":
             names = dict.fromkeys(explanation.circuit_irrep[c] for c in kept)
-            phi_hat = {k: torch.einsum("g,gjk->jk", phi.mid, irrep_by_name(group, k).matrices) for k in names}
+            phi_hat = {k: torch.einsum("g,gjk->jk", phi_values.mid, irrep_by_name(group, k).matrices) for k in names}
             slack, terms = fourier_slack(group, (wl, wr, wu), phi_hat)
         elif deviation == "pairwise":
             dev, terms = _pairwise_deviation(wl, wr, ideal_l, ideal_r, c_range, d_real, virt_l, virt_r, virt_d)
@@ -309,7 +309,7 @@ def rho_set(
             virtual_tables = (torch.cat(virt_l, 1), torch.cat(virt_r, 1), torch.cat(virt_u, 1)) if virt_l else None
             if rank == "auto":
                 rank = -explanation_rank(group, [explanation.circuit_irrep[c] for c in kept])
-            slack, terms = lowrank_slack(group, phi, (wl, wr, wu), (ideal_l, ideal_r, ideal_u), virtual_tables, rank)
+            slack, terms = lowrank_slack(group, phi_values, (wl, wr, wu), (ideal_l, ideal_r, ideal_u), virtual_tables, rank)
         certified = slack > 0
     settings = {
         "ideal_margin": float(margin_ideal.lower()),
