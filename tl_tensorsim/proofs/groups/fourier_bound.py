@@ -64,7 +64,7 @@ def irrep_errors(group: Any, rep: Irrep) -> tuple[float, float, float, float, fl
     orthogonal representation (module docstring): ν = max_{a,b} ‖ρ̂(a)ρ̂(b) - ρ̂(a⋆b)‖_F over the whole table,
     o = max_a ‖ρ̂(a)ᵀρ̂(a) - I‖_F, o' = max_a ‖ρ̂(a)ρ̂(a)ᵀ - I‖_F, w = max_a ‖ρ̂(a)‖_F, ι = ‖ρ̂(e) - I‖_F. Cost
     |G|²·2d³; cached on the group (the group's irreps are fixed data, shared by every model)."""
-    cache = group.__dict__.setdefault("_irrep_errors", {})
+    cache = group.__dict__.setdefault("_irrep_cache", {})
     if rep.name not in cache:
         R = Ball.exact(rep.matrices)
         eye = torch.eye(rep.dim, dtype=torch.float64)
@@ -75,6 +75,34 @@ def irrep_errors(group: Any, rep: Irrep) -> tuple[float, float, float, float, fl
         iota = _frobenius_upper(R[group.identity] - eye)
         cache[rep.name] = (float(nu), float(o), float(o2), float(w), float(iota))
     return cache[rep.name]
+
+
+def _classes(group: Any) -> list[list[int]]:
+    """The conjugacy classes without the identity (cached on the group)."""
+    cache = group.__dict__.setdefault("_irrep_cache", {})
+    if "classes" not in cache:
+        classes = [[g for g in c if g != group.identity] for c in group.conjugacy_classes()]
+        cache["classes"] = [c for c in classes if c]
+    return cache["classes"]
+
+
+def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor, Ball]:
+    """Model-independent quantities of one irrep (cached on the group, like `irrep_errors`): c_ρ = d/(e|G|) (ball),
+    the entries ρ̂ `[order, d²]` (exact ball), c_ρ ŝ_ρ(C) per conjugacy class (upper bounds) and c_ρ ρ̂ ρ̂ᵀ, this
+    irrep's part of P̂ `[order, order]` (ball)."""
+    cache = group.__dict__.setdefault("_irrep_cache", {})
+    key = ("tables", rep.name)
+    if key not in cache:
+        n, d, R = group.order, rep.dim, rep.matrices
+        nu, o, _, w, _ = irrep_errors(group, rep)
+        c = Ball(torch.tensor(d / (rep.kind * n), dtype=torch.float64))
+        c = Ball(c.mid, c.mid * EPS)
+        flat = Ball.exact(R.reshape(n, d * d))
+        s_hat = Ball.exact(_frobenius_upper(-Ball.exact(R) + torch.eye(d, dtype=torch.float64))) * _safe(1 + o)
+        s_hat = (s_hat + _safe(nu * (2 + w))).upper()  # [n]: ŝ_ρ(g)
+        s_class = (c * Ball.exact(torch.stack([s_hat[cl].max() for cl in _classes(group)]))).upper()
+        cache[key] = (c, flat, s_class, c * (flat @ flat.T))
+    return cache[key]
 
 
 def fit_phi_hat(
@@ -126,12 +154,11 @@ def fourier_slack(
     wl, wr, wu = real
     n, m = wl.shape
     table, inv, e = group.table, group.inverse, group.identity
-    classes = [[g for g in c if g != e] for c in group.conjugacy_classes()]
-    classes = [c for c in classes if c]
     names = sorted(phi_hat)
     if not names:  # no idealised part: Φ_S = 0, so no pair can have a positive slack
         return torch.full((n, n), -math.inf, dtype=torch.float64), {"irreps": [], "ideal_margin": 0.0}
-    # per irrep: Ŵ columns, Φ_S, ŝ per class, ε, P̂ (all O(|G|·m·d²) or smaller, in balls)
+    classes = _classes(group)
+    # per irrep: Ŵ columns, Φ_S, ε (O(|G|·m·d²) or smaller, in balls); ŝ per class and P̂ are the group's (cached)
     phi_s = Ball(torch.zeros(n, dtype=torch.float64))
     proj = Ball(torch.zeros(n, n, dtype=torch.float64))
     eps_total = Ball(torch.zeros((), dtype=torch.float64))
@@ -143,17 +170,13 @@ def fourier_slack(
         if phi.shape != (d, d):
             raise ValueError(f"phi_hat[{name!r}]: expected shape [{d}, {d}]; got {list(phi.shape)}")
         nu, o, o2, w, iota = irrep_errors(group, rep)
-        c = Ball(torch.tensor(d / (rep.kind * n), dtype=torch.float64))
-        c = Ball(c.mid, c.mid * EPS)
-        flat = Ball.exact(R.reshape(n, d * d))
+        c, flat, s_class, proj_rep = _irrep_tables(group, rep)
         w_hat.append(wu @ flat)  # [m, d²]: Ŵ_ρ
-        s_hat = Ball.exact(_frobenius_upper(-Ball.exact(R) + torch.eye(d, dtype=torch.float64))) * _safe(1 + o)
-        s_hat = (s_hat + _safe(nu * (2 + w))).upper()  # [n]: ŝ_ρ(g)
-        coef.append((c * Ball.exact(torch.stack([s_hat[cl].max() for cl in classes]))).upper())  # c_ρ ŝ_ρ(C)
+        coef.append(s_class)
         phi_s = phi_s + c * (flat @ Ball.exact(phi.reshape(d * d)))
         norm_phi = float(_frobenius_upper(Ball.exact(phi)))
         eps_total = eps_total + c * _safe(norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota))
-        proj = proj + c * (flat @ flat.T)
+        proj = proj + proj_rep
         A = Ball.exact(R) @ Ball.exact(phi)  # [n, d, d]: ρ̂(x) Φ̂
         parts.append((d, R, A))
     # pairs ordered by answer: block z* holds the n pairs (x, x⁻¹ ⋆ z*), x = 0..n-1
