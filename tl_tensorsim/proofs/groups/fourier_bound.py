@@ -232,7 +232,7 @@ def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:
     rounding of the sum; ReLU is exact and 1-Lipschitz), and a bound on |fl(h)| (max_x wl + max_y wr, or 0)."""
     size = wl.mid.abs().amax(0) + wr.mid.abs().amax(0)
     colrad = (Ball.exact(wl.rad.amax(0)) + Ball.exact(wr.rad.amax(0)) + Ball.exact(size) * EPS).upper()
-    top = (Ball.exact(wl.mid.amax(0)) + Ball.exact(wr.mid.amax(0))).upper().clamp_min(0)
+    top = (Ball.exact(wl.mid.amax(0)) + Ball.exact(wr.mid.amax(0))).upper().clamp_min(0) * (1 + EPS)  # fl(sum)
     return colrad, top
 
 
@@ -241,5 +241,5 @@ def _row_norm_upper(diff: Tensor, colrad: Tensor) -> Tensor:
     t = diff.abs().mul_(1 + EPS).add_(colrad)
     sq = (t * t).sum(1)
     add_flops(3 * t.numel())
-    sq = sq * (1 + gamma(t.shape[1] + 3)) + 2.0**-1000
+    sq = sq * (1 + gamma(t.shape[1] + 8)) + 2.0**-1000  # the roundings of t (3 per entry), its square and the sum
     return torch.nextafter(sq.sqrt(), torch.tensor(math.inf, dtype=torch.float64))
