@@ -86,10 +86,9 @@ def _classes(group: Any) -> list[list[int]]:
     return cache["classes"]
 
 
-def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor, Ball]:
+def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor]:
     """Model-independent quantities of one irrep (cached on the group, like `irrep_errors`): c_ρ = d/(e|G|) (ball),
-    the entries ρ̂ `[order, d²]` (exact ball), c_ρ ŝ_ρ(C) per conjugacy class (upper bounds) and c_ρ ρ̂ ρ̂ᵀ, this
-    irrep's part of P̂ `[order, order]` (ball)."""
+    the entries ρ̂ `[order, d²]` (exact ball) and c_ρ ŝ_ρ(C) per conjugacy class (upper bounds)."""
     cache = group.__dict__.setdefault("_irrep_cache", {})
     key = ("tables", rep.name)
     if key not in cache:
@@ -101,7 +100,7 @@ def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor, Ball]:
         s_hat = Ball.exact(_frobenius_upper(-Ball.exact(R) + torch.eye(d, dtype=torch.float64))) * _safe(1 + o)
         s_hat = (s_hat + _safe(nu * (2 + w))).upper()  # [n]: ŝ_ρ(g)
         s_class = (c * Ball.exact(torch.stack([s_hat[cl].max() for cl in _classes(group)]))).upper()
-        cache[key] = (c, flat, s_class, c * (flat @ flat.T))
+        cache[key] = (c, flat, s_class)
     return cache[key]
 
 
@@ -158,9 +157,9 @@ def fourier_slack(
     if not names:  # no idealised part: Φ_S = 0, so no pair can have a positive slack
         return torch.full((n, n), -math.inf, dtype=torch.float64), {"irreps": [], "ideal_margin": 0.0}
     classes = _classes(group)
-    # per irrep: Ŵ columns, Φ_S, ε (O(|G|·m·d²) or smaller, in balls); ŝ per class and P̂ are the group's (cached)
+    # per irrep: Ŵ columns, Φ_S, ε, w_u P̂ (O(|G|·m·d²) or smaller, in balls); ŝ per class is the group's (cached)
     phi_s = Ball(torch.zeros(n, dtype=torch.float64))
-    proj = Ball(torch.zeros(n, n, dtype=torch.float64))
+    wu_proj = Ball(torch.zeros_like(wu.mid))
     eps_total = Ball(torch.zeros((), dtype=torch.float64))
     w_hat, coef, parts = [], [], []
     for name in names:
@@ -170,13 +169,13 @@ def fourier_slack(
         if phi.shape != (d, d):
             raise ValueError(f"phi_hat[{name!r}]: expected shape [{d}, {d}]; got {list(phi.shape)}")
         nu, o, o2, w, iota = irrep_errors(group, rep)
-        c, flat, s_class, proj_rep = _irrep_tables(group, rep)
+        c, flat, s_class = _irrep_tables(group, rep)
         w_hat.append(wu @ flat)  # [m, d²]: Ŵ_ρ
+        wu_proj = wu_proj + c * (w_hat[-1] @ flat.T)  # w_u's part in ρ: c_ρ Ŵ_ρ ρ̂ᵀ, from Ŵ_ρ (|G|·m·d²)
         coef.append(s_class)
         phi_s = phi_s + c * (flat @ Ball.exact(phi.reshape(d * d)))
         norm_phi = float(_frobenius_upper(Ball.exact(phi)))
         eps_total = eps_total + c * _safe(norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota))
-        proj = proj + proj_rep
         A = Ball.exact(R) @ Ball.exact(phi)  # [n, d, d]: ρ̂(x) Φ̂
         parts.append((d, R, A))
     # pairs ordered by answer: block z* holds the n pairs (x, x⁻¹ ⋆ z*), x = 0..n-1
@@ -203,7 +202,7 @@ def fourier_slack(
     dev = _safe(1.0) * dev * (1 + gamma(k + 1))
     add_flops(2 * dev.numel() * k)
     # residual: Res = w_u - w_u P̂, per neuron the one-sided worst case against the answer z*
-    res = wu - wu @ proj  # [m, n]
+    res = wu - wu_proj  # [m, n]
     gap = (Ball.exact(res.upper().amax(1)[:, None]) - res).upper()  # [m, n]
     resid = (h.reshape(n, n, m) @ gap.T[:, :, None])[..., 0].flatten()  # block z*: h · gap[:, z*]
     add_flops(2 * h.numel())

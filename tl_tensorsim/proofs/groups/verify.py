@@ -326,8 +326,9 @@ def rho_set(
         "closure_error": closure,
         "neurons_explained": int(used.sum()),
     }
-    name = {"split": "rho_set", "pairwise": "rho_set_pairwise", "lowrank": "rho_set_lowrank"}.get(deviation)
-    return _result(name or "rho_set_fourier_rho", certified, start, flops, model, settings, margin=slack)
+    name = {"split": "rho_set", "pairwise": "rho_set_pairwise", "lowrank": "rho_set_lowrank"}
+    name["fourier"] = "rho_set_fourier_rho"  # the ρ-set network's Φ; phi="fit" returns from `_fourier` above
+    return _result(name[deviation], certified, start, flops, model, settings, margin=slack)
 
 
 def _fourier(model: Any, explanation: Explanation, threads: int | None) -> ProofResult:
