@@ -44,7 +44,7 @@ from torch import Tensor
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_matmul, gamma
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
 
-__all__ = ["choose_irreps", "fit_phi_hat", "fourier_slack", "hidden_bounds", "irrep_errors"]
+__all__ = ["choose_irreps", "fit_centre", "fit_phi_hat", "fourier_slack", "hidden_bounds", "irrep_errors"]
 
 
 def _frobenius_upper(b: Ball) -> Tensor:
@@ -127,35 +127,53 @@ def fit_phi_hat(
 
 
 def choose_irreps(
-    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, candidates: list[list[str]]
+    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, candidates: list[list[str]], centre: tuple[Tensor, Tensor]
 ) -> tuple[dict[str, Tensor], float]:
     """Untrusted search: among candidate irrep sets, the fitted Φ̂ (`fit_phi_hat`) whose Fourier slack is positive on
-    the most pairs (ties: fewer matrix entries, the cheaper check), and that fraction. Float64 tables as in
-    `fit_phi_hat` (their float64 products taken as exact: a search, not a proof). Cost one check per candidate."""
+    the most pairs with the residual's `centre` (ties: fewer matrix entries, the cheaper check), and that fraction.
+    Float64 tables as in `fit_phi_hat` (their products taken as exact: a search, not a proof). Cost one check per
+    candidate."""
     tables = (Ball.exact(wl), Ball.exact(wr), Ball.exact(wu))
     best: tuple[float, int, dict[str, Tensor]] = (-1.0, 0, {})
     for names in candidates:
         phi_hat = fit_phi_hat(group, wl, wr, wu, names)
-        score = float((fourier_slack(group, tables, phi_hat)[0] > 0).double().mean())
+        score = float((fourier_slack(group, tables, phi_hat, centre)[0] > 0).double().mean())
         size = sum(int(p.shape[0]) ** 2 for p in phi_hat.values())
         if (score, -size) > (best[0], -best[1]):
             best = (score, size, phi_hat)
     return best[2], max(best[0], 0.0)
 
 
+def fit_centre(wl: Tensor, wr: Tensor) -> tuple[Float[Tensor, "order m"], Float[Tensor, "order m"]]:
+    """Untrusted search: the additive part a(x) + b(y) of the hidden layer h(x, y) = ReLU(w_l[x] + w_r[y]) (the
+    least-squares fit over all pairs: a = mean over y, b = mean over x minus the grand mean), the centre of the
+    residual's Cauchy–Schwarz bound (module docstring). Float64 `[order, m]` each; cost O(|G|²·m)."""
+    h = (wl[:, None] + wr[None]).clamp_min(0)
+    a = h.mean(1)
+    return a, h.mean(0) - a.mean(0)
+
+
 def fourier_slack(
-    group: Any, real: tuple[Ball, Ball, Ball], phi_hat: dict[str, Tensor]
+    group: Any,
+    real: tuple[Ball, Ball, Ball],
+    phi_hat: dict[str, Tensor],
+    centre: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Float[Tensor, "order order"], dict[str, Any]]:
     """Certified lower bounds `[order, order]` (x, y) of each pair's margin f(x⋆y) - max_{z ≠ x⋆y} f(z) by the
     module docstring's inequality, and diagnostics (idealised margin, mean deviation and residual terms).
-    `real` = balls of w_l, w_r `[order, m]`, w_u `[m, order]`; `phi_hat` = {irrep name: Φ̂ float64 `[d, d]`}.
-    The per-pair arrays are float64 midpoints with per-column radii (`column_matmul`), rounded outward."""
+    `real` = balls of w_l, w_r `[order, m]`, w_u `[m, order]`; `phi_hat` = {irrep name: Φ̂ float64 `[d, d]`};
+    `centre` = the residual bound's (a, b), float64 `[order, m]` each (`fit_centre`; None: zero). The per-pair
+    arrays are float64 midpoints with per-column radii (`column_matmul`), rounded outward."""
     wl, wr, wu = real
     n, m = wl.shape
-    table, inv, e = group.table, group.inverse, group.identity
+    e = group.identity
     names = sorted(phi_hat)
     if not names:  # no idealised part: Φ_S = 0, so no pair can have a positive slack
         return torch.full((n, n), -math.inf, dtype=torch.float64), {"irreps": [], "ideal_margin": 0.0}
+    zero = torch.zeros(n, m, dtype=torch.float64)
+    a, b = (torch.as_tensor(t, dtype=torch.float64) for t in centre) if centre is not None else (zero, zero)
+    if a.shape != (n, m) or b.shape != (n, m):
+        raise ValueError(f"centre: expected two tables of shape [{n}, {m}]; got {list(a.shape)}, {list(b.shape)}")
     classes = _classes(group)
     # per irrep: Ŵ columns, Φ_S, ε, w_u P̂ (O(|G|·m·d²) or smaller, in balls); ŝ per class is the group's (cached)
     phi_s = Ball(torch.zeros(n, dtype=torch.float64))
@@ -178,21 +196,27 @@ def fourier_slack(
         eps_total = eps_total + c * _safe(norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota))
         A = Ball.exact(R) @ Ball.exact(phi)  # [n, d, d]: ρ̂(x) Φ̂
         parts.append((d, R, A))
-    # pairs ordered by answer: block z* holds the n pairs (x, x⁻¹ ⋆ z*), x = 0..n-1
-    y = table[inv, :].T  # [n(z*), n(x)]: y = x⁻¹ ⋆ z*
-    h = wr.mid.index_select(0, y.flatten()).view(n, n, m).add_(wl.mid).clamp_min_(0).view(n * n, m)  # ReLU: exact
+    # the residual readout Res = w_u - w_u P̂ and what its bounds need: per neuron max_z Res (upper), the columns'
+    # norms r_z, and the centre's exact rows a(x)·Res_z, b(y)·Res_z (max over z, upper)
+    res = wu - wu_proj  # [m, n]
+    res = res - Ball.exact(res.mid.mean(1, keepdim=True))  # a constant per neuron cancels in f_⊥(z) - f_⊥(z*)
+    res_top = res.upper().amax(1)  # [m]
+    r_max = float(_frobenius_upper(res.map(lambda t: t.T[:, :, None])).max())
+    a_top = (Ball.exact(a) @ res).upper().amax(1)  # [n(x)]
+    b_top = (Ball.exact(b) @ res).upper().amax(1)  # [n(y)]
+    # pairs in natural order p = x·n + y, answer z* = table[x, y]
+    h = (wl.mid[:, None] + wr.mid[None]).clamp_min_(0).view(n * n, m)  # ReLU: exact
     add_flops(2 * h.numel())
     colrad, colabs = hidden_bounds(wl, wr)
-    M = column_matmul(h, colrad, colabs, cat(w_hat, 1))  # [n², Σ d²]: every h · Ŵ_ρ in one product
+    # every h · Ŵ_ρ and h · max_z Res in one product [n², Σ d² + 1]
+    M = column_matmul(h, colrad, colabs, cat([*w_hat, Ball.exact(res_top[:, None])], 1))
     norms, col = [], 0
-    x, yf = torch.arange(n).repeat(n), y.flatten()
     for d, R, A in parts:
         # idealised ρ̂(x) Φ̂ ρ̂(y) for every (x, y) from one product [n·d, d] @ [d, n·d]
         ideal = (A.mid.reshape(n * d, d) @ R.permute(1, 0, 2).reshape(d, n * d)).reshape(n, d, n, d)
         add_flops(2 * ideal.numel() * d)
         ideal_rad = _safe(d * float(R.abs().max()) * (float(A.rad.max()) + gamma(d) * float(A.mid.abs().max())))
-        ideal = ideal.permute(0, 2, 1, 3).reshape(n * n, d * d)[x * n + yf]
-        diff = M.mid[:, col : col + d * d] - ideal  # E_ρ's midpoint, rounded (EPS·|diff|)
+        diff = M.mid[:, col : col + d * d] - ideal.permute(0, 2, 1, 3).reshape(n * n, d * d)  # E_ρ, rounded
         rad = M.rad[0, col : col + d * d] + ideal_rad
         norms.append(_row_norm_upper(diff, rad))
         col += d * d
@@ -201,29 +225,54 @@ def fourier_slack(
     dev = torch.stack(norms, 1) @ torch.stack(coef)  # [n², classes]
     dev = _safe(1.0) * dev * (1 + gamma(k + 1))
     add_flops(2 * dev.numel() * k)
-    # residual: Res = w_u - w_u P̂, per neuron the one-sided worst case against the answer z*
-    res = wu - wu_proj  # [m, n]
-    gap = (Ball.exact(res.upper().amax(1)[:, None]) - res).upper()  # [m, n]
-    resid = (h.reshape(n, n, m) @ gap.T[:, :, None])[..., 0].flatten()  # block z*: h · gap[:, z*]
-    add_flops(2 * h.numel())
-    per_column = (Ball.exact(colrad) + Ball.exact(colabs) * gamma(m)).upper()
-    resid_rad = (Ball.exact(per_column[None]) @ Ball.exact(gap)).upper()[0]  # [n(z*)]
-    resid_up = _safe(1.0) * (resid * (1 + EPS) + resid_rad.repeat_interleave(n))
+    resid_up, resid_terms = _residual(group, h, colrad, colabs, res, (a, b), M.mid[:, -1] + M.rad[0, -1], r_max, a_top, b_top)
     mu = torch.stack([(phi_s[e] - phi_s[cl].amax(0)).lower() for cl in classes])  # [classes]
     worst = (mu[None] - dev).amin(1)
     total = worst - resid_up - float(eps_total.upper())
-    slack = total - EPS * (worst.abs() + resid_up + total.abs()) - 2.0**-1000  # rounding of the two subtractions
+    slack = total - EPS * (worst.abs() + resid_up.abs() + total.abs()) - 2.0**-1000  # the two subtractions
     add_flops(2 * dev.numel() + 4 * slack.numel())
-    out = torch.empty(n, n, dtype=torch.float64)
-    out[x, yf] = slack
     terms = {
         "irreps": names,
         "ideal_margin": float(mu.min()),
         "deviation_mean": float(dev.amax(1).mean()),
-        "residual_mean": float(resid.mean()),
+        **resid_terms,
         "epsilon": float(eps_total.upper()),
     }
-    return out, terms
+    return slack.view(n, n), terms
+
+
+def _residual(group, h, colrad, colabs, res, centre, per_neuron, r_max, a_top, b_top) -> tuple[Tensor, dict]:
+    """Upper bounds `[n²]` (pairs in natural order) of max_z f_⊥(z) - f_⊥(z*), f_⊥ = h · Res (module docstring):
+    the smaller of the per-neuron bound h · max_z Res and the centred Cauchy–Schwarz bound
+    ‖h - a(x) - b(y)‖ r_max + max_z a(x)·Res_z + max_z b(y)·Res_z, minus a lower bound of F = h · Res_{z*}."""
+    n, m = h.shape[0] // res.shape[1], h.shape[1]
+    a, b = centre
+    # F = h · Res[:, z*] per pair (a gathered copy of Res's columns; its buffer then holds h - a(x) - b(y))
+    cols = res.mid.T.index_select(0, group.table.flatten())  # [n², m]
+    F = torch.linalg.vecdot(h, cols)
+    res_abs, res_rad = Ball.exact(res.mid.abs()), Ball.exact(res.rad)
+    f_err = Ball.exact(colrad[None]) @ (res_abs + res_rad) + Ball.exact(colabs[None]) @ (res_rad + res_abs * gamma(m))
+    F_low = F - f_err.upper()[0][group.table.flatten()]
+    centred = torch.sub(h.view(n, n, m), a[:, None], out=cols.view(n, n, m)).sub_(b[None]).view(n * n, m)
+    t = centred.square_().sum(1)
+    t = torch.nextafter((t * (1 + gamma(m + 4)) + 2.0**-1000).sqrt(), torch.tensor(math.inf, dtype=torch.float64))
+    # |fl(h) - a - b - computed| <= γ_2 (|fl h| + |a| + |b|) per column; |h - fl h| <= colrad
+    slop = Ball.exact(colabs + a.abs().amax(0) + b.abs().amax(0)) * gamma(2) + Ball.exact(colrad)
+    t_slop = float(_frobenius_upper(slop.map(lambda v: v[None, :, None])))
+    add_flops(8 * h.numel())
+    spread = (t + t_slop) * r_max  # >= 0; then the centre's rows (any sign): every rounding bounded by EPS·|·|
+    shift = (a_top[:, None] + b_top[None]).flatten()
+    cs = spread + shift
+    cs = cs + 2 * EPS * (2 * spread + shift.abs() + cs.abs())
+    best = torch.minimum(cs, per_neuron)
+    resid = best - F_low
+    resid = resid + 2 * EPS * (best.abs() + F_low.abs() + resid.abs()) + 2.0**-1000
+    terms = {
+        "residual_mean": float(resid.mean()),
+        "residual_per_neuron_mean": float((per_neuron - F_low).mean()),
+        "residual_cs_mean": float((cs - F_low).mean()),
+    }
+    return resid, terms
 
 
 def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:

@@ -301,7 +301,7 @@ def rho_set(
         elif deviation == "fourier":
             names = dict.fromkeys(explanation.circuit_irrep[c] for c in kept)
             phi_hat = {k: torch.einsum("g,gjk->jk", phi_values.mid, irrep_by_name(group, k).matrices) for k in names}
-            slack, terms = fourier_slack(group, (wl, wr, wu), phi_hat)
+            slack, terms = fourier_slack(group, (wl, wr, wu), phi_hat, explanation.hidden_centre())
         elif deviation == "pairwise":
             dev, terms = _pairwise_deviation(wl, wr, ideal_l, ideal_r, c_range, d_real, virt_l, virt_r, virt_d)
             slack = margin_ideal.lower() - dev.upper()
@@ -336,7 +336,7 @@ def _fourier(model: Any, explanation: Explanation, threads: int | None) -> Proof
     start = time.perf_counter()
     with count_flops() as flops, limit_threads(threads):
         group, wl, wr, wu = certified_tables(model)
-        slack, terms = fourier_slack(group, (wl, wr, wu), explanation.idealised_readout())
+        slack, terms = fourier_slack(group, (wl, wr, wu), explanation.idealised_readout(), explanation.hidden_centre())
         certified = slack > 0
     return _result("rho_set_fourier", certified, start, flops, model, {"fourier": terms}, margin=slack)
 
