@@ -40,6 +40,7 @@ __all__ = [
     "add_flops",
     "cat",
     "column_matmul",
+    "column_radius",
     "count_flops",
     "gamma",
     "row_range_bound",
@@ -290,12 +291,20 @@ def column_matmul(mid: Tensor, colrad: Tensor, colabs: Tensor, other: Ball | Ten
     bound), rounded up. One big product instead of `Ball.__matmul__`'s two or three, at the price of radii that
     hold per column rather than per entry (use it where v's rows are many and its errors uniform)."""
     o = other if isinstance(other, Ball) else Ball(_f64(other))
-    k = mid.shape[-1]
     out = (o.mid.T @ mid.T).T  # the same product; BLAS runs this orientation ~1.2-1.3x faster for tall `mid`
-    add_flops(2 * out.numel() * k)
-    absolute, rad = Ball.exact(o.mid.abs()), Ball.exact(o.rad)
-    radius = Ball.exact(colrad[None]) @ (absolute + rad) + Ball.exact(colabs[None]) @ (rad + absolute * gamma(k))
-    return Ball(out, radius.upper().expand_as(out))
+    add_flops(2 * out.numel() * mid.shape[-1])
+    return Ball(out, column_radius(colrad, colabs, o).expand_as(out))
+
+
+def column_radius(colrad: Tensor, colabs: Tensor, other: Ball) -> Tensor:
+    """`column_matmul`'s radius `[1, r]` for any rows v (|v - mid| <= colrad, |mid| <= colabs per column `[k]`):
+    colrad·(|other.mid| + other.rad) + colabs·other.rad + γ_k·colabs·|other.mid|, rounded up (for products taken
+    block by block)."""
+    absolute, rad = Ball.exact(other.mid.abs()), Ball.exact(other.rad)
+    k = colrad.shape[-1]
+    return (
+        Ball.exact(colrad[None]) @ (absolute + rad) + Ball.exact(colabs[None]) @ (rad + absolute * gamma(k))
+    ).upper()
 
 
 def cat(balls: list[Ball], dim: int) -> Ball:

@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_matmul, gamma
+from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_radius, gamma
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
 
 __all__ = ["choose_irreps", "fit_centre", "fit_phi_hat", "fourier_slack", "hidden_bounds", "irrep_errors"]
@@ -179,7 +179,7 @@ def fourier_slack(
     phi_s = Ball(torch.zeros(n, dtype=torch.float64))
     wu_proj = Ball(torch.zeros_like(wu.mid))
     eps_total = Ball(torch.zeros((), dtype=torch.float64))
-    w_hat, coef, parts = [], [], []
+    w_hat, coef, parts, ideal_rads = [], [], [], []
     for name in names:
         rep = irrep_by_name(group, name)
         R, d = rep.matrices, rep.dim
@@ -196,83 +196,84 @@ def fourier_slack(
         eps_total = eps_total + c * _safe(norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota))
         A = Ball.exact(R) @ Ball.exact(phi)  # [n, d, d]: ρ̂(x) Φ̂
         parts.append((d, R, A))
-    # the residual readout Res = w_u - w_u P̂ and what its bounds need: per neuron max_z Res (upper), the columns'
-    # norms r_z, and the centre's exact rows a(x)·Res_z, b(y)·Res_z (max over z, upper)
+        # |ρ̂(x) Φ̂ ρ̂(y) - fl(A.mid @ ρ̂(y))| <= d·max|ρ̂|·(A's radius + γ_d·max|A.mid|)
+        ideal_rads.append(_safe(d * float(R.abs().max()) * (float(A.rad.max()) + gamma(d) * float(A.mid.abs().max()))))
+    # the residual readout Res = w_u - w_u P̂ (a constant per neuron cancels in f_⊥(z) - f_⊥(z*), so each row is
+    # centred), and what its bounds need: max_z Res per neuron and the columns' norms (upper), the centre's rows
     res = wu - wu_proj  # [m, n]
-    res = res - Ball.exact(res.mid.mean(1, keepdim=True))  # a constant per neuron cancels in f_⊥(z) - f_⊥(z*)
+    res = res - Ball.exact(res.mid.mean(1, keepdim=True))
     res_top = res.upper().amax(1)  # [m]
     r_max = float(_frobenius_upper(res.map(lambda t: t.T[:, :, None])).max())
-    a_top = (Ball.exact(a) @ res).upper().amax(1)  # [n(x)]
+    a_top = (Ball.exact(a) @ res).upper().amax(1)  # [n(x)]: max_z a(x)·Res_z
     b_top = (Ball.exact(b) @ res).upper().amax(1)  # [n(y)]
-    # pairs in natural order p = x·n + y, answer z* = table[x, y]
-    h = (wl.mid[:, None] + wr.mid[None]).clamp_min_(0).view(n * n, m)  # ReLU: exact
-    add_flops(2 * h.numel())
     colrad, colabs = hidden_bounds(wl, wr)
-    # every h · Ŵ_ρ and h · max_z Res in one product [n², Σ d² + 1]
-    M = column_matmul(h, colrad, colabs, cat([*w_hat, Ball.exact(res_top[:, None])], 1))
-    norms, col = [], 0
-    for d, R, A in parts:
-        # idealised ρ̂(x) Φ̂ ρ̂(y) for every (x, y) from one product [n·d, d] @ [d, n·d]
-        ideal = (A.mid.reshape(n * d, d) @ R.permute(1, 0, 2).reshape(d, n * d)).reshape(n, d, n, d)
-        add_flops(2 * ideal.numel() * d)
-        ideal_rad = _safe(d * float(R.abs().max()) * (float(A.rad.max()) + gamma(d) * float(A.mid.abs().max())))
-        diff = M.mid[:, col : col + d * d] - ideal.permute(0, 2, 1, 3).reshape(n * n, d * d)  # E_ρ, rounded
-        rad = M.rad[0, col : col + d * d] + ideal_rad
-        norms.append(_row_norm_upper(diff, rad))
-        col += d * d
+    readout = cat([*w_hat, Ball.exact(res_top[:, None])], 1)  # [m, Σ d² + 1]
+    radius = column_radius(colrad, colabs, readout)[0]
+    f_err = column_radius(colrad, colabs, res)[0]  # [n]: |F - fl(F)| for F = h · Res_{z*}, per answer z*
+    sizes = [d for d, _, _ in parts]
+    norms = torch.empty(n * n, len(parts), dtype=torch.float64)
+    per_neuron, F, t2 = (torch.empty(n * n, dtype=torch.float64) for _ in range(3))
+    buf, cols = torch.empty(2, hidden_block(n, m) * n, m, dtype=torch.float64)
+    res_t, readout_t = res.mid.T.contiguous(), readout.mid.T.contiguous()
+    for xs in hidden_blocks(n, m):  # pairs p = x·n + y, x in xs: the hidden layer stays in cache, its buffer reused
+        rows, at = (xs.stop - xs.start) * n, slice(xs.start * n, xs.stop * n)
+        h = torch.add(wl.mid[xs, None], wr.mid[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
+        M = (readout_t @ h.T).T  # [rows, Σ d² + 1]: every h · Ŵ_ρ and h · max_z Res (BLAS's faster orientation)
+        col = 0
+        for j, (d, R, A) in enumerate(parts):
+            # idealised ρ̂(x) Φ̂ ρ̂(y) for x in xs, every y, from one product [|xs|·d, d] @ [d, n·d]
+            ideal = (A.mid[xs].reshape(-1, d) @ R.permute(1, 0, 2).reshape(d, n * d)).view(-1, d, n, d)
+            diff = M[:, col : col + d * d] - ideal.permute(0, 2, 1, 3).reshape(rows, d * d)  # E_ρ, rounded
+            norms[at, j] = _row_norm_upper(diff, radius[col : col + d * d] + ideal_rads[j])
+            col += d * d
+        per_neuron[at] = M[:, -1]
+        g = torch.index_select(res_t, 0, group.table[xs].flatten(), out=cols[:rows])
+        F[at] = g.mul_(h).sum(1)  # h · Res_{z*}
+        t2[at] = h.view(-1, n, m).sub_(a[xs, None]).sub_(b[None]).view(rows, m).square_().sum(1)  # ‖h - a - b‖²
+    add_flops(2 * n * n * m * (len(radius) + 6) + 2 * n * n * sum(d**3 + d * d for d in sizes))
     # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of upper bounds, rounded up
     k = len(parts)
-    dev = torch.stack(norms, 1) @ torch.stack(coef)  # [n², classes]
+    dev = norms @ torch.stack(coef)  # [n², classes]
     dev = _safe(1.0) * dev * (1 + gamma(k + 1))
     add_flops(2 * dev.numel() * k)
-    resid_up, resid_terms = _residual(group, h, colrad, colabs, res, (a, b), M.mid[:, -1] + M.rad[0, -1], r_max, a_top, b_top)
+    F_low = F - f_err[group.table.flatten()]
+    t = torch.nextafter((t2 * (1 + gamma(m + 4)) + 2.0**-1000).sqrt(), torch.tensor(math.inf, dtype=torch.float64))
+    # ‖h - a - b‖ <= the computed norm + ‖colrad‖ (h's radius) + ‖γ_2 (|fl h| + |a| + |b|)‖ (the two subtractions)
+    slop = Ball.exact(colabs + a.abs().amax(0) + b.abs().amax(0)) * gamma(2) + Ball.exact(colrad)
+    spread = (t + float(_frobenius_upper(slop.map(lambda v: v[None, :, None])))) * r_max  # >= 0
+    shift = (a_top[:, None] + b_top[None]).flatten()  # any sign: each rounding bounded by EPS·|·| below
+    cs = spread + shift
+    cs = cs + 2 * EPS * (2 * spread + shift.abs() + cs.abs())
+    best = torch.minimum(cs, per_neuron + radius[-1])
+    resid = best - F_low
+    resid_up = resid + 2 * EPS * (best.abs() + F_low.abs() + resid.abs()) + 2.0**-1000
     mu = torch.stack([(phi_s[e] - phi_s[cl].amax(0)).lower() for cl in classes])  # [classes]
     worst = (mu[None] - dev).amin(1)
     total = worst - resid_up - float(eps_total.upper())
     slack = total - EPS * (worst.abs() + resid_up.abs() + total.abs()) - 2.0**-1000  # the two subtractions
-    add_flops(2 * dev.numel() + 4 * slack.numel())
+    add_flops(2 * dev.numel() + 20 * slack.numel())
     terms = {
         "irreps": names,
         "ideal_margin": float(mu.min()),
         "deviation_mean": float(dev.amax(1).mean()),
-        **resid_terms,
+        "residual_mean": float(resid_up.mean()),
+        "residual_per_neuron_mean": float((per_neuron - F_low).mean()),
+        "residual_cs_mean": float((cs - F_low).mean()),
         "epsilon": float(eps_total.upper()),
     }
     return slack.view(n, n), terms
 
 
-def _residual(group, h, colrad, colabs, res, centre, per_neuron, r_max, a_top, b_top) -> tuple[Tensor, dict]:
-    """Upper bounds `[n²]` (pairs in natural order) of max_z f_⊥(z) - f_⊥(z*), f_⊥ = h · Res (module docstring):
-    the smaller of the per-neuron bound h · max_z Res and the centred Cauchy–Schwarz bound
-    ‖h - a(x) - b(y)‖ r_max + max_z a(x)·Res_z + max_z b(y)·Res_z, minus a lower bound of F = h · Res_{z*}."""
-    n, m = h.shape[0] // res.shape[1], h.shape[1]
-    a, b = centre
-    # F = h · Res[:, z*] per pair (a gathered copy of Res's columns; its buffer then holds h - a(x) - b(y))
-    cols = res.mid.T.index_select(0, group.table.flatten())  # [n², m]
-    F = torch.linalg.vecdot(h, cols)
-    res_abs, res_rad = Ball.exact(res.mid.abs()), Ball.exact(res.rad)
-    f_err = Ball.exact(colrad[None]) @ (res_abs + res_rad) + Ball.exact(colabs[None]) @ (res_rad + res_abs * gamma(m))
-    F_low = F - f_err.upper()[0][group.table.flatten()]
-    centred = torch.sub(h.view(n, n, m), a[:, None], out=cols.view(n, n, m)).sub_(b[None]).view(n * n, m)
-    t = centred.square_().sum(1)
-    t = torch.nextafter((t * (1 + gamma(m + 4)) + 2.0**-1000).sqrt(), torch.tensor(math.inf, dtype=torch.float64))
-    # |fl(h) - a - b - computed| <= γ_2 (|fl h| + |a| + |b|) per column; |h - fl h| <= colrad
-    slop = Ball.exact(colabs + a.abs().amax(0) + b.abs().amax(0)) * gamma(2) + Ball.exact(colrad)
-    t_slop = float(_frobenius_upper(slop.map(lambda v: v[None, :, None])))
-    add_flops(8 * h.numel())
-    spread = (t + t_slop) * r_max  # >= 0; then the centre's rows (any sign): every rounding bounded by EPS·|·|
-    shift = (a_top[:, None] + b_top[None]).flatten()
-    cs = spread + shift
-    cs = cs + 2 * EPS * (2 * spread + shift.abs() + cs.abs())
-    best = torch.minimum(cs, per_neuron)
-    resid = best - F_low
-    resid = resid + 2 * EPS * (best.abs() + F_low.abs() + resid.abs()) + 2.0**-1000
-    terms = {
-        "residual_mean": float(resid.mean()),
-        "residual_per_neuron_mean": float((per_neuron - F_low).mean()),
-        "residual_cs_mean": float((cs - F_low).mean()),
-    }
-    return resid, terms
+def hidden_block(n: int, m: int, cache_bytes: int = 2**20) -> int:
+    """How many x values per block of the hidden layer `[x, n, m]` (float64) so that a block fills about
+    `cache_bytes` (a block stays in cache while every quantity of its pairs is read off it)."""
+    return max(1, min(n, cache_bytes // (8 * n * m)))
+
+
+def hidden_blocks(n: int, m: int) -> list[slice]:
+    """The x ranges of `hidden_block`'s blocks, covering 0..n-1 in order."""
+    step = hidden_block(n, m)
+    return [slice(x, min(n, x + step)) for x in range(0, n, step)]
 
 
 def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:
