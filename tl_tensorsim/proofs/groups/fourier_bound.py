@@ -230,7 +230,7 @@ def fourier_slack(
         g = torch.index_select(res_t, 0, group.table[xs].flatten(), out=cols[:rows])
         F[at] = g.mul_(h).sum(1)  # h · Res_{z*}
         t2[at] = h.view(-1, n, m).sub_(a[xs, None]).sub_(b[None]).view(rows, m).square_().sum(1)  # ‖h - a - b‖²
-    add_flops(2 * n * n * m * (len(radius) + 6) + 2 * n * n * sum(d**3 + d * d for d in sizes))
+    add_flops(2 * n * n * m * (len(radius) + 4) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, M, F, t; ideal
     # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of upper bounds, rounded up
     k = len(parts)
     dev = norms @ torch.stack(coef)  # [n², classes]
