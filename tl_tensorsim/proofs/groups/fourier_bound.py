@@ -44,14 +44,23 @@ from torch import Tensor
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_radius, gamma
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
 
-__all__ = ["choose_irreps", "fit_centre", "fit_phi_hat", "fourier_slack", "hidden_bounds", "irrep_errors"]
+__all__ = [
+    "choose_irreps",
+    "fit_centre",
+    "fit_phi_hat",
+    "fourier_slack",
+    "hidden_block",
+    "hidden_blocks",
+    "hidden_bounds",
+    "irrep_errors",
+]
 
 
 def _frobenius_upper(b: Ball) -> Tensor:
     """Upper bounds of ‖·‖_F over the last two axes of the exact matrices in `b`."""
     t = b.upper().abs().maximum(b.lower().abs())
     sq = (Ball.exact(t) * Ball.exact(t)).sum(-1).sum(-1).upper()
-    return torch.nextafter(sq.sqrt(), torch.tensor(math.inf, dtype=torch.float64))
+    return _next_up(sq.sqrt())
 
 
 def _safe(value: float) -> float:
@@ -211,33 +220,40 @@ def fourier_slack(
     radius = column_radius(colrad, colabs, readout)[0]
     f_err = column_radius(colrad, colabs, res)[0]  # [n]: |F - fl(F)| for F = h · Res_{z*}, per answer z*
     sizes = [d for d, _, _ in parts]
-    norms = torch.empty(n * n, len(parts), dtype=torch.float64)
+    sq = torch.empty(n * n, len(parts), dtype=torch.float64)  # ‖fl(ρ̂(x) Φ̂ ρ̂(y) - M_ρ)‖², rounded
     per_neuron, F, t2 = (torch.empty(n * n, dtype=torch.float64) for _ in range(3))
     buf, cols = torch.empty(2, hidden_block(n, m) * n, m, dtype=torch.float64)
     res_t, readout_t = res.mid.T.contiguous(), readout.mid.T.contiguous()
+    right = [R.permute(1, 0, 2).reshape(d, n * d) for d, R, _ in parts]  # [d, n·d]: ρ̂(y) side by side
     for xs in hidden_blocks(n, m):  # pairs p = x·n + y, x in xs: the hidden layer stays in cache, its buffer reused
         rows, at = (xs.stop - xs.start) * n, slice(xs.start * n, xs.stop * n)
         h = torch.add(wl.mid[xs, None], wr.mid[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
         M = (readout_t @ h.T).T  # [rows, Σ d² + 1]: every h · Ŵ_ρ and h · max_z Res (BLAS's faster orientation)
         col = 0
-        for j, (d, R, A) in enumerate(parts):
-            # idealised ρ̂(x) Φ̂ ρ̂(y) for x in xs, every y, from one product [|xs|·d, d] @ [d, n·d]
-            ideal = (A.mid[xs].reshape(-1, d) @ R.permute(1, 0, 2).reshape(d, n * d)).view(-1, d, n, d)
-            diff = M[:, col : col + d * d] - ideal.permute(0, 2, 1, 3).reshape(rows, d * d)  # E_ρ, rounded
-            norms[at, j] = _row_norm_upper(diff, radius[col : col + d * d] + ideal_rads[j])
+        for j, (d, _, A) in enumerate(parts):
+            # idealised ρ̂(x) Φ̂ ρ̂(y) `[x, i, y, k]` for x in xs, every y, from one product [|xs|·d, d] @ [d, n·d]
+            diff = (A.mid[xs].reshape(-1, d) @ right[j]).view(-1, d, n, d)
+            diff.sub_(M[:, col : col + d * d].view(-1, n, d, d).permute(0, 2, 1, 3))  # -E_ρ, rounded
+            sq[at, j] = diff.square_().sum((1, 3)).view(rows)
             col += d * d
         per_neuron[at] = M[:, -1]
         g = torch.index_select(res_t, 0, group.table[xs].flatten(), out=cols[:rows])
         F[at] = g.mul_(h).sum(1)  # h · Res_{z*}
         t2[at] = h.view(-1, n, m).sub_(a[xs, None]).sub_(b[None]).view(rows, m).square_().sum(1)  # ‖h - a - b‖²
-    add_flops(2 * n * n * m * (len(radius) + 4) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, M, F, t; ideal
-    # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of upper bounds, rounded up
+    add_flops(2 * n * n * m * (len(radius) + 4) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, M, F, t; E
+    # ‖E_ρ‖ <= ‖fl(diff)‖ (1 + EPS) + ‖radius of M_ρ's columns + the ideal's radius‖ (triangle inequality)
+    col, norms = 0, torch.empty_like(sq)
+    for j, d in enumerate(sizes):
+        rad = float(_frobenius_upper(Ball.exact(radius[None, col : col + d * d] + ideal_rads[j]) * _safe(1.0)))
+        norms[:, j] = (_sqrt_upper(sq[:, j] * (1 + gamma(d * d + 2))) * (1 + 2 * EPS) + rad) * (1 + EPS)
+        col += d * d
+    # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of nonnegative upper bounds, its rounding covered by
+    # scaling the small factor up
     k = len(parts)
-    dev = norms @ torch.stack(coef)  # [n², classes]
-    dev = _safe(1.0) * dev * (1 + gamma(k + 1))
-    add_flops(2 * dev.numel() * k)
+    dev = norms @ _next_up(torch.stack(coef) * (1 + 2 * gamma(k + 1)))  # [n², classes]
+    add_flops(2 * dev.numel() * k + 8 * sq.numel())
     F_low = F - f_err[group.table.flatten()]
-    t = torch.nextafter((t2 * (1 + gamma(m + 4)) + 2.0**-1000).sqrt(), torch.tensor(math.inf, dtype=torch.float64))
+    t = _sqrt_upper(t2 * (1 + gamma(m + 4)))
     # ‖h - a - b‖ <= the computed norm + ‖colrad‖ (h's radius) + ‖γ_2 (|fl h| + |a| + |b|)‖ (the two subtractions)
     slop = Ball.exact(colabs + a.abs().amax(0) + b.abs().amax(0)) * gamma(2) + Ball.exact(colrad)
     spread = (t + float(_frobenius_upper(slop.map(lambda v: v[None, :, None])))) * r_max  # >= 0
@@ -285,10 +301,11 @@ def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:
     return colrad, top
 
 
-def _row_norm_upper(diff: Tensor, colrad: Tensor) -> Tensor:
-    """Upper bounds `[rows]` of ‖v‖₂ for exact rows v with |v - diff| <= colrad + EPS·|diff| per column."""
-    t = diff.abs().mul_(1 + EPS).add_(colrad)
-    sq = (t * t).sum(1)
-    add_flops(3 * t.numel())
-    sq = sq * (1 + gamma(t.shape[1] + 8)) + 2.0**-1000  # the roundings of t (3 per entry), its square and the sum
-    return torch.nextafter(sq.sqrt(), torch.tensor(math.inf, dtype=torch.float64))
+def _sqrt_upper(v: Tensor) -> Tensor:
+    """Upper bounds of √v for nonnegative upper bounds v (one rounded square root, then one step up)."""
+    return _next_up((v + 2.0**-1000).sqrt())
+
+
+def _next_up(v: Tensor) -> Tensor:
+    """The next float64 above each entry (an upper bound of a value rounded to nearest)."""
+    return torch.nextafter(v, torch.tensor(math.inf, dtype=torch.float64))

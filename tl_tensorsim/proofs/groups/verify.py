@@ -44,9 +44,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.checks import check_choice, checked_int
-from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_matmul, count_flops
+from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_radius, count_flops
 from tl_tensorsim.proofs.groups.explain import Explanation, diagonal_orbits, model_tables, rho_set_action
-from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, hidden_bounds
+from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, hidden_block, hidden_blocks, hidden_bounds
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
 from tl_tensorsim.proofs.result import ProofResult
@@ -113,21 +113,25 @@ def brute_force(model: Any, threads: int | None = 1) -> ProofResult:
 def certified_margins(table: Tensor, wl: Ball, wr: Ball, wu: Ball) -> Tensor:
     """Lower bounds (float64 `[order, order]`) of the margins f(x⋆y | x, y) - max_{z ≠ x⋆y} f(z | x, y) of the
     network ReLU(wl[x] + wr[y]) @ wu given by the balls wl, wr `[order, m]`, wu `[m, order]`; `table[x, y]` the
-    correct class. One float64 product `[order², m] @ [m, order]` on midpoints with per-column error bounds
-    (`column_matmul`: the hidden values' radius and the dot products' rounding), then the margins rounded
-    outward. Cost 2·|G|²·m·|G| + O(|G|³)."""
+    correct class. Float64 products `[order, m] @ [m, rows]` on midpoints, block by block of x (`hidden_blocks`, as
+    the Fourier check reads its pairs), with per-column error bounds (`column_radius`: the hidden values' radius
+    and the dot products' rounding), then the margins rounded outward. Cost 2·|G|²·m·|G| + O(|G|³)."""
     n, m = wl.shape
-    h = (wl.mid[:, None] + wr.mid[None]).clamp_min_(0).reshape(n * n, m)  # ReLU is exact and 1-Lipschitz
-    add_flops(2 * h.numel())
     colrad, colabs = hidden_bounds(wl, wr)
-    logits = column_matmul(h, colrad, colabs, wu)  # [n², order], radius per column z
-    label = table.flatten()[:, None]
-    rad = logits.rad[0]
-    right = logits.mid.gather(1, label)[:, 0] - rad[label[:, 0]]
-    others = (logits.mid + rad).scatter_(1, label, -torch.inf).amax(1)
-    margin = right - others
-    add_flops(3 * logits.mid.numel())
-    return (margin - EPS * (right.abs() + others.abs() + margin.abs()) - 2.0**-1000).reshape(n, n)
+    rad = column_radius(colrad, colabs, wu)[0][:, None]  # [n(z), 1]
+    wu_t = wu.mid.T.contiguous()
+    margin = torch.empty(n * n, dtype=torch.float64)
+    buf = torch.empty(hidden_block(n, m) * n, m, dtype=torch.float64)
+    for xs in hidden_blocks(n, m):
+        rows = (xs.stop - xs.start) * n
+        h = torch.add(wl.mid[xs, None], wr.mid[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
+        logits = wu_t @ h.T  # [n(z), rows]: ReLU is exact and 1-Lipschitz
+        label = table[xs].reshape(1, rows)
+        right = logits.gather(0, label)[0] - rad[label[0], 0]
+        others = logits.add_(rad).scatter_(0, label, -torch.inf).amax(0)
+        margin[xs.start * n : xs.stop * n] = right - others - EPS * (right.abs() + others.abs() + (right - others).abs())
+    add_flops(2 * n * n * m * (n + 1) + 4 * n**3)
+    return (margin - 2.0**-1000).reshape(n, n)
 
 
 def check_action(sigma: Int[Tensor, "order k"], table: Tensor, generators: list[int]) -> bool:
