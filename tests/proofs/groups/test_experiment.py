@@ -1,0 +1,44 @@
+"""The many-seed experiment (`proofs.groups.experiment`): one model's row (brute force, the ρ-set checks, the
+model's own forward pass) agrees with itself and with brute force; `summarise` counts what it says; a run resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tl_tensorsim.models import group_mlp
+from tl_tensorsim.proofs.groups import brute_force
+from tl_tensorsim.proofs.groups.experiment import forward_pass, prove_model, run_experiment, summarise
+
+
+def test_prove_model_row_agrees_with_brute_force_and_the_forward_pass():
+    model = group_mlp.load(group_mlp.shipped("S4")[0])
+    row = prove_model(model, repeats=2)
+    assert row["accuracy"] == brute_force(model).bound == forward_pass(model)[0] == row["forward_accuracy"]
+    for key in ("rho_set_fourier_bound", "rho_set_lowrank_bound", "rho_set_pairwise_bound", "rho_set_bound"):
+        assert 0.0 <= row[key] <= row["accuracy"]
+    assert row["forward_s"] > 0 and row["brute_force_s"] > 0 and row["rho_set_fourier_s"] > 0
+    assert row["fourier_residual_mean"] <= row["fourier_residual_per_neuron_mean"] + 1e-9
+    assert row["fourier_irreps"] and set(row["fourier_irreps"]) <= set(row["key_irreps"]) | {"(1,1,1,1)", "(2,1,1)"}
+
+
+def test_summarise_counts_bounds_and_ratios():
+    base = {"group": "S4", "accuracy": 1.0, "brute_force_s": 2.0, "brute_force_flops": 100.0, "forward_s": 4.0}
+    base |= {"rho_set_s": 1.0, "rho_set_flops": 10.0, "ideal_margin": 1.0, "K": 0.0, "L_mean": 0.0, "R_mean": 0.0}
+    rows = [
+        base | {"rho_set_bound": 0.99, "rho_set_fourier_bound": 0.96, "rho_set_fourier_s": 1.0},
+        base | {"rho_set_bound": 0.5, "rho_set_fourier_bound": 0.2, "rho_set_fourier_s": 3.0},
+    ]
+    (out,) = summarise(rows)
+    assert out["models"] == 2 and out["bound >= 0.95"] == 0.5 and out["fourier bound >= 0.95"] == 0.5
+    assert out["fourier s / brute force s (median)"] == pytest.approx(1.0)
+    assert out["fourier s / forward pass s (median)"] == pytest.approx(0.5)
+
+
+def test_run_experiment_trains_proves_and_resumes(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    rows = run_experiment(["C5"], [0], out)
+    assert len(rows) == 1 and rows[0]["group"] == "C5" and rows[0]["accuracy"] >= rows[0]["rho_set_fourier_bound"]
+    assert run_experiment(["C5"], [0], out) == rows  # resumed: nothing retrained
+    assert [json.loads(line)["seed"] for line in out.read_text().splitlines()] == [0]
