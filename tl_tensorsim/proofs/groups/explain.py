@@ -197,9 +197,8 @@ class Explanation(Artifact):
 
     def hidden_centre(self) -> tuple[Tensor, Tensor] | None:
         """(a, b) float64 `[order, m]`: the hidden layer's additive part a(x) + b(y), or None when not recorded."""
-        if self.centre_left is None or self.centre_right is None:
-            return None
-        return self.centre_left.double(), self.centre_right.double()
+        recorded = self.centre_left is not None and self.centre_right is not None
+        return (self.centre_left.double(), self.centre_right.double()) if recorded else None
 
     def rho_sets(self, c: int) -> tuple[Tensor, Tensor]:
         """The left and right ρ-sets of circuit c (float64 `[k_l, d]`, `[k_r, d]`)."""
@@ -393,12 +392,8 @@ def explain(
         phi_hat=[p.tolist() for p in phi_hat.values()],
         centre_left=centre[0],
         centre_right=centre[1],
-        settings={
-            "min_neurons": min_neurons,
-            "cos": cos,
-            "coset_tol": coset_tol,
-            "min_fill": min_fill,
-            "fourier_estimate": estimate,
-        },
+        settings=dict(
+            min_neurons=min_neurons, cos=cos, coset_tol=coset_tol, min_fill=min_fill, fourier_estimate=estimate
+        ),
         provenance=Provenance(models=(getattr(model.cfg, "model_name", ""),), settings={"function": "explain"}),
     )
