@@ -4,8 +4,8 @@ then brute force, explain and the ρ-set proof for each; one JSON line per model
     python -m tl_tensorsim.proofs.groups.experiment --groups S4 A5 S5 --seeds 20 --out runs/groups.jsonl
 
 `summarise(rows)` gives, per group, the paper's quantities: the fraction of models with a bound >= 0.95, the
-distribution of bounds, and proof time as a fraction of brute-force time, for the split, pairwise and low-rank
-deviations of `rho_set`.
+distribution of bounds, and proof time as a fraction of brute-force time, for the split, pairwise, low-rank and
+Fourier deviations of `rho_set` (the Fourier check also against the model's own forward pass over all pairs).
 """
 
 from __future__ import annotations
