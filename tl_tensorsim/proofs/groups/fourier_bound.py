@@ -120,6 +120,23 @@ def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor]:
     return cache[key]
 
 
+def _set_tables(group: Any, names: tuple[str, ...]) -> tuple[Ball, Ball, Tensor]:
+    """Model-independent quantities of an irrep set S (cached on the group): the entries of every ρ̂ side by side
+    `[order, Σ d²]` (exact ball), the matrix P̂ = Σ_ρ c_ρ ρ̂ ρ̂ᵀ `[order, order]` of the module docstring (ball), and
+    the factors c_ρ ŝ_ρ(C) `[|S|, classes]` scaled up by 1 + 2γ_{|S|+1} (so that a rounded product with nonnegative
+    upper bounds stays an upper bound)."""
+    cache = group.__dict__.setdefault("_irrep_cache", {})
+    key = ("set", names)
+    if key not in cache:
+        tables = [_irrep_tables(group, irrep_by_name(group, name)) for name in names]
+        proj = Ball(torch.zeros(group.order, group.order, dtype=torch.float64))
+        for c, flat, _ in tables:
+            proj = proj + c * (flat @ flat.T)
+        coef = _next_up(torch.stack([t[2] for t in tables]) * (1 + 2 * gamma(len(names) + 1)))
+        cache[key] = (cat([t[1] for t in tables], 1), proj, coef)
+    return cache[key]
+
+
 def fit_phi_hat(
     group: Any, wl: Tensor, wr: Tensor, wu: Tensor, names: list[str], samples: int = 4096, seed: int = 0
 ) -> dict[str, Float[Tensor, "d d"]]:
@@ -191,11 +208,9 @@ def fourier_slack(
     if a.shape != (n, m) or b.shape != (n, m):
         raise ValueError(f"centre: expected two tables of shape [{n}, {m}]; got {list(a.shape)}, {list(b.shape)}")
     classes = _classes(group)
-    # per irrep: Ŵ columns, Φ_S, ε, w_u P̂ (O(|G|·m·d²) or smaller, in balls); ŝ per class is the group's (cached)
-    phi_s = Ball(torch.zeros(n, dtype=torch.float64))
-    wu_proj = Ball(torch.zeros_like(wu.mid))
-    eps_total = Ball(torch.zeros((), dtype=torch.float64))
-    w_hat, coef, parts, ideal_rads = [], [], [], []
+    # per irrep: Φ_S's coefficients, ε and ρ̂(x) Φ̂ (O(|G|·d³), in balls); the set's tables are the group's (cached)
+    flat, proj, coef = _set_tables(group, tuple(names))
+    eps_total, weights, parts, ideal_rads = 0.0, [], [], []
     for name in names:
         rep = irrep_by_name(group, name)
         R, d = rep.matrices, rep.dim
@@ -203,29 +218,29 @@ def fourier_slack(
         if phi.shape != (d, d):
             raise ValueError(f"phi_hat[{name!r}]: expected shape [{d}, {d}]; got {list(phi.shape)}")
         nu, o, o2, w, iota = irrep_errors(group, rep)
-        c, flat, s_class = _irrep_tables(group, rep)
-        w_hat.append(wu @ flat)  # [m, d²]: Ŵ_ρ
-        wu_proj = wu_proj + c * (w_hat[-1] @ flat.T)  # w_u's part in ρ: c_ρ Ŵ_ρ ρ̂ᵀ, from Ŵ_ρ (|G|·m·d²)
-        coef.append(s_class)
-        phi_s = phi_s + c * (flat @ Ball.exact(phi.reshape(d * d)))
+        c = _irrep_tables(group, rep)[0]
+        weights.append(c * Ball.exact(phi.reshape(d * d)))  # c_ρ Φ̂_ρ, flattened
         norm_phi = float(_frobenius_upper(Ball.exact(phi)))
-        eps_total = eps_total + c * _safe(norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota))
+        err = norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota)
+        eps_total = _safe(eps_total + _safe(float(c.upper()) * _safe(err)))
         A = Ball.exact(R) @ Ball.exact(phi)  # [n, d, d]: ρ̂(x) Φ̂
         parts.append((d, R, A))
         # |ρ̂(x) Φ̂ ρ̂(y) - fl(A.mid @ ρ̂(y))| <= d·max|ρ̂|·(A's radius + γ_d·max|A.mid|)
         ideal_rads.append(_safe(d * float(R.abs().max()) * (float(A.rad.max()) + gamma(d) * float(A.mid.abs().max()))))
+    phi_s = flat @ cat(weights, 0)  # [n]: Φ_S(g) = Σ_ρ c_ρ tr(ρ̂(g)ᵀ Φ̂_ρ)
+    w_hat = wu @ flat  # [m, Σ d²]: every Ŵ_ρ
+    wu_proj = wu @ proj  # [m, n]: w_u P̂
     # the residual readout Res = w_u - w_u P̂ (a constant per neuron cancels in f_⊥(z) - f_⊥(z*), so each row is
     # centred), and what its bounds need: max_z Res per neuron and the columns' norms (upper), the centre's rows
     res = wu - wu_proj  # [m, n]
     res = res - Ball.exact(res.mid.mean(1, keepdim=True))
     res_top = res.upper().amax(1)  # [m]
-    r_max = float(_frobenius_upper(res.map(lambda t: t.T[:, :, None])).max())
-    a_top = (Ball.exact(a) @ res).upper().amax(1)  # [n(x)]: max_z a(x)·Res_z
-    b_top = (Ball.exact(b) @ res).upper().amax(1)  # [n(y)]
+    r_max = _safe(float(res.mid.abs().add(res.rad).norm(dim=0).max()))  # max_z ‖Res_z‖ (a few roundings: _safe)
+    a_top, b_top = (Ball.exact(torch.cat([a, b])) @ res).upper().amax(1).split(n)  # max_z a(x)·Res_z, b(y)·Res_z
     colrad, colabs = hidden_bounds(wl, wr)
-    readout = cat([*w_hat, Ball.exact(res_top[:, None])], 1)  # [m, Σ d² + 1]
-    radius = column_radius(colrad, colabs, readout)[0]
-    f_err = column_radius(colrad, colabs, res)[0]  # [n]: |F - fl(F)| for F = h · Res_{z*}, per answer z*
+    readout = cat([w_hat, Ball.exact(res_top[:, None])], 1)  # [m, Σ d² + 1]
+    # the products' radii per column, and |F - fl(F)| for F = h · Res_{z*} per answer z* `[n]`
+    radius, f_err = column_radius(colrad, colabs, cat([readout, res], 1))[0].split([readout.shape[1], n])
     sizes = [d for d, _, _ in parts]
     sq = torch.empty(n * n, len(parts), dtype=torch.float64)  # ‖fl(ρ̂(x) Φ̂ ρ̂(y) - M_ρ)‖², rounded
     per_neuron, F, t2 = (torch.empty(n * n, dtype=torch.float64) for _ in range(3))
@@ -249,15 +264,16 @@ def fourier_slack(
         t2[at] = h.view(-1, n, m).sub_(a[xs, None]).sub_(b[None]).view(rows, m).square_().sum(1)  # ‖h - a - b‖²
     add_flops(2 * n * n * m * (len(radius) + 4) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, M, F, t; E
     # ‖E_ρ‖ <= ‖fl(diff)‖ (1 + EPS) + ‖radius of M_ρ's columns + the ideal's radius‖ (triangle inequality)
-    col, norms = 0, torch.empty_like(sq)
-    for j, d in enumerate(sizes):
-        rad = float(_frobenius_upper(Ball.exact(radius[None, col : col + d * d] + ideal_rads[j]) * _safe(1.0)))
-        norms[:, j] = (_sqrt_upper(sq[:, j] * (1 + gamma(d * d + 2))) * (1 + 2 * EPS) + rad) * (1 + EPS)
-        col += d * d
+    ends = torch.tensor(sizes).square().cumsum(0).tolist()
+    rad = torch.tensor(
+        [_safe(math.hypot(*(radius[end - d * d : end] + r).tolist())) for d, end, r in zip(sizes, ends, ideal_rads)]
+    )  # ‖·‖ of each irrep's radii (hypot is correctly rounded to within 1 ulp; _safe covers it)
+    scale = torch.tensor([1 + gamma(d * d + 2) for d in sizes], dtype=torch.float64)
+    norms = (_sqrt_upper(sq.mul_(scale)).mul_(1 + 2 * EPS).add_(rad)).mul_(1 + EPS)
     # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of nonnegative upper bounds, its rounding covered by
     # scaling the small factor up
     k = len(parts)
-    dev = norms @ _next_up(torch.stack(coef) * (1 + 2 * gamma(k + 1)))  # [n², classes]
+    dev = norms @ coef  # [n², classes]
     add_flops(2 * dev.numel() * k + 8 * sq.numel())
     F_low = F - f_err[group.table.flatten()]
     t = _sqrt_upper(t2 * (1 + gamma(m + 4)))
@@ -270,9 +286,10 @@ def fourier_slack(
     best = torch.minimum(cs, per_neuron + radius[-1])
     resid = best - F_low
     resid_up = resid + 2 * EPS * (best.abs() + F_low.abs() + resid.abs()) + 2.0**-1000
-    mu = torch.stack([(phi_s[e] - phi_s[cl].amax(0)).lower() for cl in classes])  # [classes]
+    top = phi_s.upper()
+    mu = _next_down(phi_s.lower()[e] - torch.stack([top[cl].max() for cl in classes]))  # [classes]: μ_C
     worst = (mu[None] - dev).amin(1)
-    total = worst - resid_up - float(eps_total.upper())
+    total = worst - resid_up - eps_total
     slack = total - EPS * (worst.abs() + resid_up.abs() + total.abs()) - 2.0**-1000  # the two subtractions
     add_flops(2 * dev.numel() + 20 * slack.numel())
     terms = {
@@ -282,7 +299,7 @@ def fourier_slack(
         "residual_mean": float(resid_up.mean()),
         "residual_per_neuron_mean": float((per_neuron - F_low).mean()),
         "residual_cs_mean": float((cs - F_low).mean()),
-        "epsilon": float(eps_total.upper()),
+        "epsilon": eps_total,
     }
     return slack.view(n, n), terms
 
@@ -311,6 +328,11 @@ def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:
 def _sqrt_upper(v: Tensor) -> Tensor:
     """Upper bounds of √v for nonnegative upper bounds v (one rounded square root, then one step up)."""
     return _next_up((v + 2.0**-1000).sqrt())
+
+
+def _next_down(v: Tensor) -> Tensor:
+    """The next float64 below each entry (a lower bound of a value rounded to nearest)."""
+    return torch.nextafter(v, torch.tensor(-math.inf, dtype=torch.float64))
 
 
 def _next_up(v: Tensor) -> Tensor:
