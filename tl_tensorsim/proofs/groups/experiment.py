@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from tl_tensorsim.models.group_mlp import all_pairs
 from tl_tensorsim.proofs.groups.explain import explain
 from tl_tensorsim.proofs.groups.groups import group_by_name
 from tl_tensorsim.proofs.groups.verify import brute_force, rho_set
@@ -32,8 +33,7 @@ def forward_pass(model: Any) -> tuple[float, float]:
     """The model's own forward pass over all |G|² pairs, float32 and uncertified (the paper's brute force: run the
     model on every input), as a timing reference: (accuracy, seconds). `brute_force` is the certified one."""
     group = group_by_name(model.cfg.group)
-    n = group.order
-    tokens = torch.stack([torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)], 1)
+    tokens = all_pairs(group.order)
     start = time.perf_counter()
     with torch.no_grad():
         right = model(tokens).argmax(-1).cpu() == group.table.flatten()
