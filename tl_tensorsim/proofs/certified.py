@@ -43,6 +43,7 @@ __all__ = [
     "column_radius",
     "count_flops",
     "gamma",
+    "norm_matmul",
     "row_range_bound",
     "spectral_norm_bound",
     "stack",
@@ -294,6 +295,21 @@ def column_matmul(mid: Tensor, colrad: Tensor, colabs: Tensor, other: Ball | Ten
     out = (o.mid.T @ mid.T).T  # the same product; BLAS runs this orientation ~1.2-1.3x faster for tall `mid`
     add_flops(2 * out.numel() * mid.shape[-1])
     return Ball(out, column_radius(colrad, colabs, o).expand_as(out))
+
+
+def norm_matmul(a: Tensor, b: Ball) -> Ball:
+    """`a @ b` for an exact a `[r, k]` and a ball b `[k, c]`: midpoint fl(a @ b.mid), radius per entry by
+    Cauchy–Schwarz on Higham's dot-product bound, ‖a_row‖₂·(‖b.rad_col‖₂ + γ_k·‖b.mid_col‖₂), an outer product of
+    norms (each norm's rounding covered by the factor 1 + γ_{k+2}). One big product instead of `Ball.__matmul__`'s
+    two or three; radii up to √k looser, so use it where they are far below what is certified."""
+    a = _f64(a)
+    k = a.shape[-1]
+    mid = a @ b.mid
+    up = 1 + gamma(k + 2)
+    left = a.norm(dim=-1) * up
+    right = (b.rad.norm(dim=0) * up + b.mid.norm(dim=0) * up * gamma(k)) * (1 + EPS)
+    add_flops(2 * mid.numel() * k, 2 * (a.numel() + 2 * b.mid.numel()) + mid.numel())
+    return Ball(mid, _up(left[:, None] * right[None], 2))
 
 
 def column_radius(colrad: Tensor, colabs: Tensor, other: Ball) -> Tensor:

@@ -15,7 +15,7 @@ from tl_tensorsim.models import group_mlp
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig
 from tl_tensorsim.proofs.groups import brute_force, explain, group_by_name, irreps, rho_set
 from tl_tensorsim.proofs.groups.explain import model_tables
-from tl_tensorsim.proofs.groups.fourier_bound import fit_centre, fit_phi_hat, fourier_slack, hidden_blocks, irrep_errors
+from tl_tensorsim.proofs.groups.fourier_bound import fit_centre, fit_phi_hat, fourier_slack, hidden_rows, irrep_errors
 from tl_tensorsim.proofs.groups.irreps import Irrep
 from tl_tensorsim.proofs.groups.verify import certified_tables
 
@@ -87,8 +87,9 @@ def test_fitted_centre_is_the_additive_part_of_the_hidden_layer():
     a, b = fit_centre(wl, wr)
     rest = (wl[:, None] + wr[None]).clamp_min(0) - a[:, None] - b[None]  # [x, y, m]
     assert rest.mean(0).abs().max() < 1e-12 and rest.mean(1).abs().max() < 1e-12  # orthogonal to every additive
-    blocks = hidden_blocks(12, 24)
-    assert [x for s in blocks for x in range(12)[s]] == list(range(12))
+    blocks = [(xs, h.clone()) for xs, h in hidden_rows(wl, wr)]  # every pair once, in order
+    assert [x for xs, _ in blocks for x in range(12)[xs]] == list(range(12))
+    assert torch.equal(torch.cat([h for _, h in blocks]), (wl[:, None] + wr[None]).clamp_min(0).reshape(144, 24))
 
 
 def test_sound_and_tight_on_a_trained_model_under_noise():

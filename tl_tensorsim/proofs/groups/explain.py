@@ -31,22 +31,36 @@ from tl_tensorsim.proofs.groups.fourier_bound import choose_irreps, fit_centre
 from tl_tensorsim.proofs.groups.groups import Group, group_by_name
 from tl_tensorsim.proofs.groups.irreps import irreps
 
-__all__ = ["Explanation", "coset_concentration", "explain", "model_tables", "orbit", "rho_set_circuits"]
+__all__ = [
+    "Explanation",
+    "coset_concentration",
+    "explain",
+    "model_group",
+    "model_tables",
+    "orbit",
+    "rho_set_circuits",
+]
+
+
+def model_group(model: Any) -> Group:
+    """The group of a `GroupMLP` (a TypeError naming the given type for anything else); no arithmetic."""
+    for attr in ("embed_left", "embed_right", "W", "W_U", "cfg"):
+        if not hasattr(model, attr):
+            raise TypeError(f"model: expected a GroupMLP (tl_tensorsim.models.group_mlp); got {type(model).__name__}")
+    return group_by_name(model.cfg.group)
 
 
 def model_tables(model: Any) -> tuple[Group, Tensor, Tensor, Tensor]:
     """The model's group and its folded tables in float64 (exact copies of the float32 products computed in
     float64): w_l, w_r `[order, m]`, w_u `[m, order]`. Accepts a `GroupMLP`."""
-    for attr in ("embed_left", "embed_right", "W", "W_U", "cfg"):
-        if not hasattr(model, attr):
-            raise TypeError(f"model: expected a GroupMLP (tl_tensorsim.models.group_mlp); got {type(model).__name__}")
+    group = model_group(model)
     with torch.no_grad():
         d = model.cfg.d_embed
         w = model.W.detach().double()
         wl = model.embed_left.detach().double() @ w[:d]
         wr = model.embed_right.detach().double() @ w[d:]
         wu = model.W_U.detach().double()
-    return group_by_name(model.cfg.group), wl.cpu(), wr.cpu(), wu.cpu()
+    return group, wl.cpu(), wr.cpu(), wu.cpu()
 
 
 def orbit(matrices: Float[Tensor, "order d d"], v: Float[Tensor, " d"], tol: float = 1e-6) -> Float[Tensor, "k d"]:

@@ -36,19 +36,20 @@ pair is certified when it is > 0. Any Φ̂ gives a sound bound (a poor one only 
 
 **Cost.** 2·|G|²·m·(Σ_ρ d_ρ² + 5) for h, M, h · Res_z* and ‖h - a - b‖, O(|G|²·Σ d_ρ³) for E, O(|G|²·#classes) to
 combine, against brute force's 2·|G|³·m: about (Σ d² + 5) / |G| of it (S5 with sign + standard: 22 / 120). The
-hidden layer is read in blocks of x of about 1 MB (`hidden_blocks`), one reused buffer, as brute force reads it.
+hidden layer is read in blocks of x of about 1 MB (`hidden_rows`), one reused buffer, as brute force reads it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_radius, gamma
+from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_radius, gamma, norm_matmul
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
     "fit_phi_hat",
     "fourier_slack",
     "hidden_block",
-    "hidden_blocks",
+    "hidden_rows",
     "hidden_bounds",
     "irrep_errors",
 ]
@@ -122,18 +123,16 @@ def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor]:
 
 def _set_tables(group: Any, names: tuple[str, ...]) -> tuple[Ball, Ball, Tensor]:
     """Model-independent quantities of an irrep set S (cached on the group): the entries of every ρ̂ side by side
-    `[order, Σ d²]` (exact ball), the matrix P̂ = Σ_ρ c_ρ ρ̂ ρ̂ᵀ `[order, order]` of the module docstring (ball), and
-    the factors c_ρ ŝ_ρ(C) `[|S|, classes]` scaled up by 1 + 2γ_{|S|+1} (so that a rounded product with nonnegative
-    upper bounds stays an upper bound)."""
+    `[order, Σ d²]` (exact ball), each entry's c_ρ `[Σ d²]` (ball; P̂ = flat·diag(c)·flatᵀ), and the factors
+    c_ρ ŝ_ρ(C) `[|S|, classes]` scaled up by 1 + 2γ_{|S|+1} (so that a rounded product with nonnegative upper
+    bounds stays an upper bound)."""
     cache = group.__dict__.setdefault("_irrep_cache", {})
     key = ("set", names)
     if key not in cache:
         tables = [_irrep_tables(group, irrep_by_name(group, name)) for name in names]
-        proj = Ball(torch.zeros(group.order, group.order, dtype=torch.float64))
-        for c, flat, _ in tables:
-            proj = proj + c * (flat @ flat.T)
+        weight = cat([t[0].map(lambda v, k=t[1].mid.shape[1]: v.expand(k)) for t in tables], 0)
         coef = _next_up(torch.stack([t[2] for t in tables]) * (1 + 2 * gamma(len(names) + 1)))
-        cache[key] = (cat([t[1] for t in tables], 1), proj, coef)
+        cache[key] = (cat([t[1] for t in tables], 1), weight, coef)
     return cache[key]
 
 
@@ -209,7 +208,7 @@ def fourier_slack(
         raise ValueError(f"centre: expected two tables of shape [{n}, {m}]; got {list(a.shape)}, {list(b.shape)}")
     classes = _classes(group)
     # per irrep: Φ_S's coefficients, ε and ρ̂(x) Φ̂ (O(|G|·d³), in balls); the set's tables are the group's (cached)
-    flat, proj, coef = _set_tables(group, tuple(names))
+    flat, weight, coef = _set_tables(group, tuple(names))
     eps_total, weights, parts, ideal_rads = 0.0, [], [], []
     for name in names:
         rep = irrep_by_name(group, name)
@@ -228,15 +227,15 @@ def fourier_slack(
         # |ρ̂(x) Φ̂ ρ̂(y) - fl(A.mid @ ρ̂(y))| <= d·max|ρ̂|·(A's radius + γ_d·max|A.mid|)
         ideal_rads.append(_safe(d * float(R.abs().max()) * (float(A.rad.max()) + gamma(d) * float(A.mid.abs().max()))))
     phi_s = flat @ cat(weights, 0)  # [n]: Φ_S(g) = Σ_ρ c_ρ tr(ρ̂(g)ᵀ Φ̂_ρ)
-    w_hat = wu @ flat  # [m, Σ d²]: every Ŵ_ρ
-    wu_proj = wu @ proj  # [m, n]: w_u P̂
+    w_hat = norm_matmul(flat.mid.T, wu.T).T  # [m, Σ d²]: every Ŵ_ρ
+    wu_proj = norm_matmul(flat.mid, (w_hat * weight).T).T  # [m, n]: w_u P̂ = Ŵ diag(c) flatᵀ
     # the residual readout Res = w_u - w_u P̂ (a constant per neuron cancels in f_⊥(z) - f_⊥(z*), so each row is
     # centred), and what its bounds need: max_z Res per neuron and the columns' norms (upper), the centre's rows
     res = wu - wu_proj  # [m, n]
     res = res - Ball.exact(res.mid.mean(1, keepdim=True))
     res_top = res.upper().amax(1)  # [m]
     r_max = _safe(float(res.mid.abs().add(res.rad).norm(dim=0).max()))  # max_z ‖Res_z‖ (a few roundings: _safe)
-    a_top, b_top = (Ball.exact(torch.cat([a, b])) @ res).upper().amax(1).split(n)  # max_z a(x)·Res_z, b(y)·Res_z
+    a_top, b_top = norm_matmul(torch.cat([a, b]), res).upper().amax(1).split(n)  # max_z a(x)·Res_z, b(y)·Res_z
     colrad, colabs = hidden_bounds(wl, wr)
     readout = cat([w_hat, Ball.exact(res_top[:, None])], 1)  # [m, Σ d² + 1]
     # the products' radii per column, and |F - fl(F)| for F = h · Res_{z*} per answer z* `[n]`
@@ -244,21 +243,26 @@ def fourier_slack(
     sizes = [d for d, _, _ in parts]
     sq = torch.empty(n * n, len(parts), dtype=torch.float64)  # ‖fl(ρ̂(x) Φ̂ ρ̂(y) - M_ρ)‖², rounded
     per_neuron, F, t2 = (torch.empty(n * n, dtype=torch.float64) for _ in range(3))
-    buf, cols = torch.empty(2, hidden_block(n, m) * n, m, dtype=torch.float64)
+    step = hidden_block(n, m)
+    cols = torch.empty(step * n, m, dtype=torch.float64)
+    diff_buf = torch.empty(max(sizes) ** 2 * step * n, dtype=torch.float64)
     res_t, readout_t = res.mid.T.contiguous(), readout.mid.T.contiguous()
-    right = [R.permute(1, 0, 2).reshape(d, n * d) for d, R, _ in parts]  # [d, n·d]: ρ̂(y) side by side
-    for xs in hidden_blocks(n, m):  # pairs p = x·n + y, x in xs: the hidden layer stays in cache, its buffer reused
-        rows, at = (xs.stop - xs.start) * n, slice(xs.start * n, xs.stop * n)
-        h = torch.add(wl.mid[xs, None], wr.mid[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
-        M = (readout_t @ h.T).T  # [rows, Σ d² + 1]: every h · Ŵ_ρ and h · max_z Res (BLAS's faster orientation)
+    left = [A.mid.permute(1, 0, 2) for _, _, A in parts]  # [i, x, j]: ρ̂(x) Φ̂
+    right = [R.permute(1, 2, 0).reshape(d, d * n) for d, R, _ in parts]  # [j, (k, y)]: ρ̂(y)'s rows side by side
+    for xs, h in hidden_rows(wl.mid, wr.mid):  # pairs p = x·n + y, x in xs: each block stays in cache
+        size, at = xs.stop - xs.start, slice(xs.start * n, xs.stop * n)
+        rows = size * n
+        Mt = readout_t @ h.T  # [Σ d² + 1, rows]: every h · Ŵ_ρ (entries (i, k)) and h · max_z Res
         col = 0
-        for j, (d, _, A) in enumerate(parts):
-            # idealised ρ̂(x) Φ̂ ρ̂(y) `[x, i, y, k]` for x in xs, every y, from one product [|xs|·d, d] @ [d, n·d]
-            diff = (A.mid[xs].reshape(-1, d) @ right[j]).view(-1, d, n, d)
-            diff.sub_(M[:, col : col + d * d].view(-1, n, d, d).permute(0, 2, 1, 3))  # -E_ρ, rounded
-            sq[at, j] = diff.square_().sum((1, 3)).view(rows)
+        for j, d in enumerate(sizes):
+            # idealised ρ̂(x) Φ̂ ρ̂(y) from one product [d·|xs|, d] @ [d, d·n], read as [i, k, x, y] to meet Mt
+            ideal = (left[j][:, xs].reshape(d * size, d) @ right[j]).view(d, size, d, n).permute(0, 2, 1, 3)
+            diff = torch.sub(
+                ideal, Mt[col : col + d * d].view(d, d, size, n), out=diff_buf[: d * d * rows].view(d, d, size, n)
+            )
+            sq[at, j] = diff.view(d * d, rows).square_().sum(0)  # -E_ρ, rounded, squared and summed
             col += d * d
-        per_neuron[at] = M[:, -1]
+        per_neuron[at] = Mt[-1]
         g = torch.index_select(res_t, 0, group.table[xs].flatten(), out=cols[:rows])
         F[at] = g.mul_(h).sum(1)  # h · Res_{z*}
         t2[at] = h.view(-1, n, m).sub_(a[xs, None]).sub_(b[None]).view(rows, m).square_().sum(1)  # ‖h - a - b‖²
@@ -310,10 +314,17 @@ def hidden_block(n: int, m: int, cache_bytes: int = 2**20) -> int:
     return max(1, min(n, cache_bytes // (8 * n * m)))
 
 
-def hidden_blocks(n: int, m: int) -> list[slice]:
-    """The x ranges of `hidden_block`'s blocks, covering 0..n-1 in order."""
+def hidden_rows(wl: Tensor, wr: Tensor) -> Iterator[tuple[slice, Float[Tensor, "rows m"]]]:
+    """The hidden layer h = ReLU(wl[x] + wr[y]) of every pair, block by block of x (`hidden_block`, in order):
+    yields (xs, h) with h float64 `[|xs|·n, m]`, row x·n + y (local to the block), for the float64 midpoint tables
+    wl, wr `[n, m]`. One buffer is reused, so h is valid until the next block. Cost 2·|G|²·m."""
+    n, m = wl.shape
     step = hidden_block(n, m)
-    return [slice(x, min(n, x + step)) for x in range(0, n, step)]
+    buf = torch.empty(step * n, m, dtype=torch.float64)
+    for start in range(0, n, step):
+        xs = slice(start, min(n, start + step))
+        rows = (xs.stop - xs.start) * n
+        yield xs, torch.add(wl[xs, None], wr[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
 
 
 def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:

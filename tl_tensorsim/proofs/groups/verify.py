@@ -44,9 +44,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.checks import check_choice, checked_int
-from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_radius, count_flops
-from tl_tensorsim.proofs.groups.explain import Explanation, diagonal_orbits, model_tables, rho_set_action
-from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, hidden_block, hidden_blocks, hidden_bounds
+from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_radius, count_flops, norm_matmul
+from tl_tensorsim.proofs.groups.explain import Explanation, diagonal_orbits, model_group, rho_set_action
+from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, hidden_bounds, hidden_rows
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
 from tl_tensorsim.proofs.result import ProofResult
@@ -69,12 +69,12 @@ Idealised = Literal["fit", "rho_set"]
 
 def certified_tables(model: Any) -> tuple[Any, Ball, Ball, Ball]:
     """The group and balls enclosing the exact folded tables w_l, w_r `[order, m]` and w_u `[m, order]`."""
-    group, _, _, _ = model_tables(model)
+    group = model_group(model)
     d = model.cfg.d_embed
     with torch.no_grad():
         w = Ball.exact(model.W.detach().cpu())
-        wl = Ball.exact(model.embed_left.detach().cpu()) @ w[:d]
-        wr = Ball.exact(model.embed_right.detach().cpu()) @ w[d:]
+        wl = norm_matmul(model.embed_left.detach().cpu(), w[:d])
+        wr = norm_matmul(model.embed_right.detach().cpu(), w[d:])
         wu = Ball.exact(model.W_U.detach().cpu())
     return group, wl, wr, wu
 
@@ -113,7 +113,7 @@ def brute_force(model: Any, threads: int | None = 1) -> ProofResult:
 def certified_margins(table: Tensor, wl: Ball, wr: Ball, wu: Ball) -> Tensor:
     """Lower bounds (float64 `[order, order]`) of the margins f(x⋆y | x, y) - max_{z ≠ x⋆y} f(z | x, y) of the
     network ReLU(wl[x] + wr[y]) @ wu given by the balls wl, wr `[order, m]`, wu `[m, order]`; `table[x, y]` the
-    correct class. Float64 products `[order, m] @ [m, rows]` on midpoints, block by block of x (`hidden_blocks`, as
+    correct class. Float64 products `[order, m] @ [m, rows]` on midpoints, block by block of x (`hidden_rows`, as
     the Fourier check reads its pairs), with per-column error bounds (`column_radius`: the hidden values' radius
     and the dot products' rounding), then the margins rounded outward. Cost 2·|G|²·m·|G| + O(|G|³)."""
     n, m = wl.shape
@@ -121,15 +121,15 @@ def certified_margins(table: Tensor, wl: Ball, wr: Ball, wu: Ball) -> Tensor:
     rad = column_radius(colrad, colabs, wu)[0][:, None]  # [n(z), 1]
     wu_t = wu.mid.T.contiguous()
     margin = torch.empty(n * n, dtype=torch.float64)
-    buf = torch.empty(hidden_block(n, m) * n, m, dtype=torch.float64)
-    for xs in hidden_blocks(n, m):
+    for xs, h in hidden_rows(wl.mid, wr.mid):
         rows = (xs.stop - xs.start) * n
-        h = torch.add(wl.mid[xs, None], wr.mid[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
         logits = wu_t @ h.T  # [n(z), rows]: ReLU is exact and 1-Lipschitz
         label = table[xs].reshape(1, rows)
         right = logits.gather(0, label)[0] - rad[label[0], 0]
         others = logits.add_(rad).scatter_(0, label, -torch.inf).amax(0)
-        margin[xs.start * n : xs.stop * n] = right - others - EPS * (right.abs() + others.abs() + (right - others).abs())
+        margin[xs.start * n : xs.stop * n] = (
+            right - others - EPS * (right.abs() + others.abs() + (right - others).abs())
+        )
     add_flops(2 * n * n * m * (n + 1) + 4 * n**3)
     return (margin - 2.0**-1000).reshape(n, n)
 
@@ -247,7 +247,9 @@ def rho_set(
             R = (Ball.exact(ell)[:, None] + Ball.exact(r)[None, :]).relu()  # [kl, kr]: ReLU(ℓ(a) + r(b))
             sig_inv = sig_l[inv]  # [n, kl]: σ_{g⁻¹} on the left ρ-set
             # Φ_c(g) = Σ_{a,b} U[σ_{g⁻¹}a, b] R[a, b]
-            phi_values = phi_values + (Ball.exact(U[sig_inv]) * R.map(lambda t: t[None].expand(n, -1, -1))).sum(2).sum(1)
+            phi_values = phi_values + (Ball.exact(U[sig_inv]) * R.map(lambda t: t[None].expand(n, -1, -1))).sum(2).sum(
+                1
+            )
             # per pair slot P = (a, b): D_P = Σ_{j in P} λ_j range_z Δu_j; virtual slots (no neuron): range_z U(σ_{z⁻¹}a, b)
             uz_all = Ball.exact(U[sig_inv])  # [n(z), kl, kr]
             D = (uz_all.amax(0) - uz_all.amin(0)).map(lambda t: t.flatten())  # [kl·kr]
@@ -313,7 +315,9 @@ def rho_set(
             virtual_tables = (torch.cat(virt_l, 1), torch.cat(virt_r, 1), torch.cat(virt_u, 1)) if virt_l else None
             if rank == "auto":
                 rank = -explanation_rank(group, [explanation.circuit_irrep[c] for c in kept])
-            slack, terms = lowrank_slack(group, phi_values, (wl, wr, wu), (ideal_l, ideal_r, ideal_u), virtual_tables, rank)
+            slack, terms = lowrank_slack(
+                group, phi_values, (wl, wr, wu), (ideal_l, ideal_r, ideal_u), virtual_tables, rank
+            )
         certified = slack > 0
     settings = {
         "ideal_margin": float(margin_ideal.lower()),
