@@ -12,6 +12,7 @@ explanations as baseline proofs), all float64.
     tight = groups.rho_set(model, expl, deviation="lowrank")  # per-z idealised gap, low-rank readout deviation
     base = groups.irrep(model, expl)              # baselines: groups.irrep, groups.coset (cost above brute force)
     table = groups.compare([model])               # bound and cost per strategy; .plot()
+    groups.plot_rho_sets(expl, "rho_sets.png")     # the 3-d ρ-sets (tetrahedra, icosahedra)
 """
 
 from tl_tensorsim.proofs.groups.baselines import coset, irrep, verify_idealised
@@ -28,6 +29,7 @@ from tl_tensorsim.proofs.groups.explain import (
     rho_set_action,
     rho_set_circuits,
 )
+from tl_tensorsim.proofs.groups.figures import plot_rho_sets
 from tl_tensorsim.proofs.groups.fourier import fourier_transform, irrep_bases, irrep_power, project
 from tl_tensorsim.proofs.groups.groups import (
     Group,
@@ -92,6 +94,7 @@ __all__ = [
     "partitions",
     "permutation_representation",
     "plot",
+    "plot_rho_sets",
     "project",
     "regular_representation",
     "rho_set",

@@ -244,8 +244,8 @@ def rho_set_circuits(
     shared u (top right singular vector of the stacked w_l and w_rᵀ coefficients),
     each neuron's a_i, b_i (w_l^i ≈ a_iᵀρ(x)u, w_r^i ≈ uᵀρ(y)b_i), the orbits ρ(G)v of the directions used by two
     or more neurons (the ρ-sets), and the neurons whose a_i, b_i lie within cosine `cos` of vectors of orbits
-    O_l, O_r; each block O_l × O_r holding at least `min_fill`·|O_l||O_r| neurons becomes a circuit (left ρ-set
-    O_l, right ρ-set O_r). Neuron scale λ_i = (|a_i| + |b_i|)/2, share γ_i λ_i (w_u^i ≈ γ_i a_iᵀρ(z)b_i)."""
+    O_l, O_r; each block O_l × O_r with at least `min_neurons` neurons that fill at least `min_fill` of its pairs
+    or are most of the cluster becomes a circuit (left ρ-set O_l, right ρ-set O_r). Neuron scale λ_i = (|a_i| + |b_i|)/2, share γ_i λ_i (w_u^i ≈ γ_i a_iᵀρ(z)b_i)."""
     reps = irreps(group)
     keys = ("circuit_irrep", "left", "right", "u", "ell", "r", "U", "assign", "lam", "share", "err")
     out: dict[str, Any] = {k: [] for k in keys}
@@ -256,7 +256,6 @@ def rho_set_circuits(
         d, n = rep.dim, group.order
         fl = fourier_transform(wl[:, idx], group)[rep.name] * d / n  # [n_i, d, d] ≈ a_i uᵀ
         fr = fourier_transform(wr[:, idx], group)[rep.name] * d / n  # ≈ u b_iᵀ
-        fu = fourier_transform(wu.T[:, idx], group)[rep.name] * d / n  # ≈ γ_i a_i b_iᵀ
         # each neuron's own u (top right singular vector of [a uᵀ; (u bᵀ)ᵀ]), clustered up to sign
         own = torch.linalg.svd(torch.cat([fl, fr.transpose(1, 2)], 1))[2][:, 0]  # [n_i, d]
         clusters: list[list[int]] = []
@@ -271,12 +270,16 @@ def rho_set_circuits(
             if len(cl) < min_neurons:
                 continue
             sub = torch.tensor(cl)
-            _circuits_of_cluster(group, rep, idx[sub], fl[sub], fr[sub], fu[sub], wl, wr, wu, cos, min_fill, out)
+            _circuits_of_cluster(
+                group, rep, idx[sub], (fl[sub], fr[sub]), (wl, wr, wu), (min_neurons, cos, min_fill), out
+            )
     return out
 
 
-def _circuits_of_cluster(group, rep, idx, fl, fr, fu, wl, wr, wu, cos, min_fill, out) -> None:
-    """The circuits of one cluster of neurons sharing u (appended to `out`)."""
+def _circuits_of_cluster(group, rep, idx, coefficients, tables, thresholds, out) -> None:
+    """The circuits of one cluster of neurons sharing u (appended to `out`): `coefficients` = the members' Fourier
+    coefficients (fl, fr), `tables` = (w_l, w_r, w_u), `thresholds` = (min_neurons, cos, min_fill)."""
+    (fl, fr), (wl, wr, wu), (min_neurons, cos, min_fill) = coefficients, tables, thresholds
     d = rep.dim
     u = torch.linalg.svd(torch.cat([fl.reshape(-1, d), fr.transpose(1, 2).reshape(-1, d)]))[2][0]
     a, b = fl @ u, fr.transpose(1, 2) @ u  # [n_i, d]
@@ -290,7 +293,10 @@ def _circuits_of_cluster(group, rep, idx, fl, fr, fu, wl, wr, wu, cos, min_fill,
     for i_orb, orb_l in enumerate(orbits):
         for j_orb, orb_r in enumerate(orbits):
             members = ((la == i_orb) & (lb == j_orb)).nonzero()[:, 0]
-            if len(members) < max(1, min_fill * len(orb_l) * len(orb_r)):
+            # a block filled to min_fill, or holding most of the cluster (A5's icosahedral circuits are sparse:
+            # 33 of a cluster's 53 neurons on 12 x 12 pairs)
+            filled = len(members) >= min_fill * len(orb_l) * len(orb_r) or 2 * len(members) > len(idx)
+            if len(members) < min_neurons or not filled:
                 continue
             sig_l, _ = rho_set_action(rep.matrices, orb_l)
             sig_r, _ = rho_set_action(rep.matrices, orb_r)
