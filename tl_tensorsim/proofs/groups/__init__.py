@@ -17,18 +17,7 @@ explanations as baseline proofs), all float64.
 
 from tl_tensorsim.proofs.groups.baselines import coset, irrep, verify_idealised
 from tl_tensorsim.proofs.groups.compare import compare, plot
-from tl_tensorsim.proofs.groups.explain import (
-    Explanation,
-    coset_concentration,
-    diagonal_orbits,
-    explain,
-    fit_circuit,
-    model_group,
-    model_tables,
-    orbit,
-    rho_set_action,
-    rho_set_circuits,
-)
+from tl_tensorsim.proofs.groups.explain import Explanation, coset_concentration, explain, model_group, model_tables
 from tl_tensorsim.proofs.groups.figures import plot_rho_sets
 from tl_tensorsim.proofs.groups.fourier import fourier_transform, irrep_bases, irrep_power, project
 from tl_tensorsim.proofs.groups.groups import (
@@ -52,6 +41,7 @@ from tl_tensorsim.proofs.groups.irreps import (
     young_irrep,
 )
 from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
+from tl_tensorsim.proofs.groups.rho_sets import diagonal_orbits, fit_circuit, orbit, rho_set_action, rho_set_circuits
 from tl_tensorsim.proofs.groups.verify import (
     brute_force,
     certified_margins,

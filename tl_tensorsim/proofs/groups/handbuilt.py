@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig
-from tl_tensorsim.proofs.groups.explain import Explanation, diagonal_orbits, orbit, rho_set_action
+from tl_tensorsim.proofs.groups.explain import Explanation
 from tl_tensorsim.proofs.groups.groups import group_by_name
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
+from tl_tensorsim.proofs.groups.rho_sets import diagonal_orbits, orbit, rho_set_action
 
 __all__ = ["handbuilt", "tetra_circuits"]
 
