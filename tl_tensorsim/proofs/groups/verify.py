@@ -248,9 +248,8 @@ def rho_set(
             R = (Ball.exact(ell)[:, None] + Ball.exact(r)[None, :]).relu()  # [kl, kr]: ReLU(ℓ(a) + r(b))
             sig_inv = sig_l[inv]  # [n, kl]: σ_{g⁻¹} on the left ρ-set
             # Φ_c(g) = Σ_{a,b} U[σ_{g⁻¹}a, b] R[a, b]
-            phi_values = phi_values + (Ball.exact(U[sig_inv]) * R.map(lambda t: t[None].expand(n, -1, -1))).sum(2).sum(
-                1
-            )
+            terms_c = Ball.exact(U[sig_inv]) * R.map(lambda t: t[None].expand(n, -1, -1))  # [n, kl, kr]
+            phi_values = phi_values + terms_c.sum(2).sum(1)
             # per pair slot P = (a, b): D_P = Σ_{j in P} λ_j range_z Δu_j; virtual slots (no neuron): range_z U(σ_{z⁻¹}a, b)
             uz_all = Ball.exact(U[sig_inv])  # [n(z), kl, kr]
             D = (uz_all.amax(0) - uz_all.amin(0)).map(lambda t: t.flatten())  # [kl·kr]
