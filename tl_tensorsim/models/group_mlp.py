@@ -11,7 +11,8 @@ The group and ⋆ are those of `tl_tensorsim.proofs.groups` (table[x, y] = index
 
 Recipes (`train_group_mlp(group, seed, recipe=...)`):
 - "published" (Chughtai): AdamW lr 1e-3, weight decay 1, betas (0.9, 0.98), full batch, loss in float64, train
-  fraction 0.4 (S4, S5) / 0.5 (A5) / 0.3 otherwise, 250 000 steps (far beyond a CPU budget; `steps` overrides).
+  fraction 0.4 (S4, S5) / 0.5 (A5) / 0.3 otherwise, 250 000 steps (on one CPU thread here about 7 min for S4,
+  20 min for A5 and an hour for S5; `steps` overrides).
 - "fast" (default): the same except lr 1e-2, train fraction 0.6 for S4 (0.4 does not generalise within 6000 steps
   here), and `FAST_STEPS` steps (S4 5000, A5 6000, S5 6000; 6000 otherwise); measured in the README.
 
