@@ -26,7 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.checks import checked_int
-from tl_tensorsim.models.group_mlp import group_elements, multiplication_table
+from tl_tensorsim.models.group_table import group_elements, multiplication_table
 
 __all__ = ["Group", "alternating", "cyclic", "dihedral", "from_permutations", "group_by_name", "symmetric"]
 
