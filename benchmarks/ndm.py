@@ -18,7 +18,10 @@ held queries, relative to `paper`'s.
 Agreement: the share of (query, subspace) pairs whose neighbour from the most stale search (refresh_every - 1
 steps old) plus re-scoring equals the exact nearest neighbour.
 
-    python benchmarks/ndm.py [--pools 100000 400000] [--steps 9] [--quick]
+    python benchmarks/ndm.py [--pools 100000 400000] [--steps 9] [--quick] [--device cuda]
+
+With `--device cuda` every implementation trains on the GPU (activations made on the CPU, then moved, so the data
+are the same), each step is timed to a synchronised end, and memory is the peak CUDA allocation of the step.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ SIZES = (UNIT,) * (D // UNIT)
 
 def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_gb(device: torch.device) -> float:
+    """Peak resident memory (CPU) or peak CUDA allocation since the last reset (GB)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else rss_gb()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def make_acts(n: int, seed: int = 0) -> torch.Tensor:
@@ -62,8 +75,8 @@ def paper_step(lin: torch.nn.Module, opt: torch.optim.Optimizer, acts: torch.Ten
     with torch.no_grad():
         r = rotation.detach()
         qr = (q @ r).view(BATCH, s, ds).transpose(0, 1)
-        best = torch.full((s, BATCH), torch.inf)
-        arg = torch.zeros(s, BATCH, dtype=torch.long)
+        best = torch.full((s, BATCH), torch.inf, device=acts.device)
+        arg = torch.zeros(s, BATCH, dtype=torch.long, device=acts.device)
         for start in range(0, len(acts), BLOCK):
             keys = (acts[start : start + BLOCK] @ r).view(-1, s, ds).transpose(0, 1)
             dist = torch.cdist(qr, keys)
@@ -82,8 +95,8 @@ def paper_step(lin: torch.nn.Module, opt: torch.optim.Optimizer, acts: torch.Ten
     return float(loss.detach())
 
 
-def paper_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    lin = torch.nn.Linear(D, D, bias=False)
+def paper_model(device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    lin = torch.nn.Linear(D, D, bias=False, device=device)
     with torch.no_grad():
         lin.weight.copy_(torch.eye(D))
     torch.nn.utils.parametrizations.orthogonal(lin, orthogonal_map="matrix_exp")
@@ -96,7 +109,7 @@ class Paper:
 
     def __init__(self, acts: torch.Tensor, **_: object):
         self.acts = acts
-        self.lin, self.opt = paper_model()
+        self.lin, self.opt = paper_model(acts.device)
 
     def step(self, ids: torch.Tensor) -> float:
         return paper_step(self.lin, self.opt, self.acts, ids)
@@ -113,7 +126,7 @@ class Engine:
 
         s = NDMSettings(sizes=SIZES, key_pool=len(acts), refresh_every=refresh_every, rerank=rerank,
                         batch_size=BATCH, lr=LR, parametrization=parametrization, search_dtype=search_dtype)  # fmt: skip
-        self.acts, self.rerank, self.state = acts, rerank, NDMState(acts, s, torch.device("cpu"))
+        self.acts, self.rerank, self.state = acts, rerank, NDMState(acts, s, acts.device)
         self.generator = torch.Generator()  # every row is a key, so it would only draw queries: `ids` instead
         self.recent: list[torch.Tensor] = []  # R before each of the last refresh_every steps
 
@@ -153,14 +166,17 @@ def build(name: str, acts: torch.Tensor, refresh_every: int, rerank: int) -> Pap
 
 
 # --------------------------------------------------------------------------------------------- processes
-def timing(pool: int, steps: int, refresh_every: int, rerank: int, names: list[str], out: mp.Queue) -> None:
+def timing(
+    pool: int, steps: int, refresh_every: int, rerank: int, names: list[str], device: str, out: mp.Queue
+) -> None:
     """All implementations in one process, their steps interleaved (rotating order), so that the load of a shared
     machine falls on all of them alike; then the losses and the neighbour agreement."""
     from tl_tensorsim.ndm.objective import NeighbourSearch, ndm_loss, neighbour_distances
 
-    acts = make_acts(pool + 256)
+    device = torch.device(device)
+    acts = make_acts(pool + 256).to(device)
     held, acts = acts[pool:], acts[:pool]
-    held_ids, key_ids = torch.arange(pool, pool + 256), torch.arange(pool)
+    held_ids, key_ids = torch.arange(pool, pool + 256, device=device), torch.arange(pool, device=device)
     impls = {name: build(name, acts, refresh_every, rerank) for name in names}
     times: dict[str, list[float]] = {name: [] for name in impls}
     losses: dict[str, list[float]] = {name: [] for name in impls}
@@ -170,8 +186,10 @@ def timing(pool: int, steps: int, refresh_every: int, rerank: int, names: list[s
             impl = impls[name]
             if isinstance(impl, Engine):
                 impl.recent = (impl.recent + [impl.state.rotation.matrix().float()])[-refresh_every:]
+            sync(device)
             t0 = time.perf_counter()
-            losses[name].append(impl.step(ids))
+            losses[name].append(impl.step(ids.to(device)))
+            sync(device)
             times[name].append(time.perf_counter() - t0)
 
     def nearest(search_rotation: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
@@ -198,12 +216,16 @@ def timing(pool: int, steps: int, refresh_every: int, rerank: int, names: list[s
     out.put(rows)
 
 
-def memory(name: str, pool: int, refresh_every: int, rerank: int, out: mp.Queue) -> None:
-    """Peak resident memory of one implementation's first step (the engine rotates its pool in it)."""
-    acts = make_acts(pool)
-    rss0 = rss_gb()
-    build(name, acts, refresh_every, rerank).step(query_ids(pool, 1)[0])
-    out.put({"peak": rss_gb(), "growth": rss_gb() - rss0})
+def memory(name: str, pool: int, refresh_every: int, rerank: int, device: str, out: mp.Queue) -> None:
+    """Peak memory of one implementation's first step (the engine rotates its pool in it): resident (CPU) or
+    allocated (CUDA), and its growth after the activations were created."""
+    device = torch.device(device)
+    acts = make_acts(pool).to(device)
+    sync(device)
+    before = peak_gb(device)
+    build(name, acts, refresh_every, rerank).step(query_ids(pool, 1)[0].to(device))
+    sync(device)
+    out.put({"peak": peak_gb(device), "growth": peak_gb(device) - before})
 
 
 def in_process(target, *args):
@@ -222,23 +244,26 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, default=4)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default refresh_every + 1)")
     parser.add_argument("--quick", action="store_true", help="pool 20,000 only")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU times and peak CUDA memory)")
     args = parser.parse_args()
     steps = args.steps or args.refresh_every + 1  # the first is not timed; the rest hold one refresh
     pools = [20_000] if args.quick else args.pools
-    print(f"d={D}, {len(SIZES)} subspaces of {UNIT}, batch {BATCH}, torch threads {torch.get_num_threads()}, "
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    print(f"d={D}, {len(SIZES)} subspaces of {UNIT}, batch {BATCH}, {where}, torch threads {torch.get_num_threads()}, "
           f"refresh_every={args.refresh_every}, rerank={args.rerank}, {steps} steps (first not timed)")  # fmt: skip
     rows = []
     for pool in pools:
         names = [n for n in IMPLS if n != "engine/matrix_exp" or pool == pools[0]]
-        found = in_process(timing, pool, steps, args.refresh_every, args.rerank, names)
+        found = in_process(timing, pool, steps, args.refresh_every, args.rerank, names, args.device)
         for r in found:
-            r.update(in_process(memory, r["impl"], pool, args.refresh_every, args.rerank))
+            r.update(in_process(memory, r["impl"], pool, args.refresh_every, args.rerank, args.device))
             print(
                 f"  pool {pool:>7,} {r['impl']:18s} {r['s_per_step']:.2f} s/step, peak {r['peak']:.2f} GB", flush=True
             )
         rows += found
     print(
-        "\n| pool | implementation | s/step | steps/s | speed-up | peak RSS GB | growth GB | train loss | eval loss "
+        f"\n| pool | implementation | s/step | steps/s | speed-up | peak {'CUDA' if args.device != 'cpu' else 'RSS'} GB "
+        "| growth GB | train loss | eval loss "
         "| vs paper | NN agreement |"
     )
     print("|" + "---|" * 11)

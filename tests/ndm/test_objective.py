@@ -37,9 +37,10 @@ def data(n_keys=200, batch=32, seed=0):
     return keys[query_ids], keys, query_ids, torch.arange(n_keys)
 
 
-@pytest.mark.parametrize("block_elements", [objective.SEARCH_BLOCK_ELEMENTS, 1000])
+@pytest.mark.parametrize("block_elements", [objective.SEARCH_BLOCK_ELEMENTS["cpu"], 1000])
 def test_loss_equals_brute_force(monkeypatch, block_elements):
-    monkeypatch.setattr(objective, "SEARCH_BLOCK_ELEMENTS", block_elements)  # 1000: many key blocks, topk merges
+    # 1000: many key blocks, topk merges
+    monkeypatch.setitem(objective.SEARCH_BLOCK_ELEMENTS, "cpu", block_elements)
     queries, keys, qid, kid = data()
     rotation = random_orthogonal(keys.shape[1], 1).requires_grad_()
     loss, per = ndm_loss(queries, keys, rotation, SIZES, query_ids=qid, key_ids=kid)

@@ -29,7 +29,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-SEARCH_BLOCK_ELEMENTS = 2**22  # scores per key block: subspaces x queries x keys (16 MiB in float32, near cache size)
+# scores per key block (subspaces x queries x keys): on a CPU 16 MiB in float32, near cache size; on a GPU 512 MiB,
+# so that a pool of a million keys takes a dozen large launches rather than hundreds of small ones
+SEARCH_BLOCK_ELEMENTS = {"cpu": 2**22, "cuda": 2**27}
 Parametrization = Literal["cayley", "matrix_exp"]
 
 
@@ -119,7 +121,8 @@ class NeighbourSearch:
     with `[−2q, 1]` gives `|k|² − 2 q·k` (the squared distance less `|q|²`, which does not change the ranking).
     `candidates(queries, query_ids, k)` returns, for each group, the `k` keys nearest to each query under that
     rotation, `[n_blocks, batch, k]` (positions in the pool), never the query itself (`query_ids` against the
-    sorted `key_ids`). Scores are computed for key blocks of about `SEARCH_BLOCK_ELEMENTS` (cache-sized).
+    sorted `key_ids`). Scores are computed for key blocks of about `SEARCH_BLOCK_ELEMENTS[device type]` (cache-sized
+    on a CPU, large on a GPU).
     """
 
     def __init__(
@@ -173,7 +176,8 @@ class NeighbourSearch:
             for g, keys in zip(self.groups, self.rotated):
                 q = einops.rearrange(rot[:, g.cols.to(rot.device)], "b n s -> n b s")
                 q = torch.cat([-2 * q, torch.ones_like(q[..., :1])], -1).to(keys.dtype)
-                step = max(k, SEARCH_BLOCK_ELEMENTS // (len(g.blocks) * batch))
+                block = SEARCH_BLOCK_ELEMENTS.get(keys.device.type, SEARCH_BLOCK_ELEMENTS["cpu"])
+                step = max(k, block // (len(g.blocks) * batch))
                 best_val = best_idx = None
                 for start in range(0, pool, step):
                     stop = min(pool, start + step)
