@@ -140,3 +140,17 @@ def test_ndm_search_on_the_device_equals_the_cpu_search(monkeypatch):
         if block is not None:
             monkeypatch.setitem(objective.SEARCH_BLOCK_ELEMENTS, torch.device(DEVICE).type, block)
         _close(objective.ndm_loss(*on[:3], SIZES, query_ids=on[3], key_ids=on[4])[1], want)
+
+
+def test_group_mlp_trains_on_the_device():
+    # the same initial weights and training pairs; AdamW amplifies rounding, so the runs agree loosely
+    from tl_tensorsim.models.group_mlp import GroupMLPConfig, train
+
+    config = GroupMLPConfig(group="S4", seed=0, steps=300, eval_every=300)
+    want = train(config, progress=False)
+    got = train(config, progress=False, device=DEVICE)
+    assert next(got.model.parameters()).device.type == torch.device(DEVICE).type
+    first = [{k: v for k, v in r.history[0].items() if k != "seconds"} for r in (got, want)]
+    assert first[0] == pytest.approx(first[1], rel=1e-5)
+    assert got.history[-1]["train_loss"] == pytest.approx(want.history[-1]["train_loss"], rel=0.2, abs=1e-4)
+    assert got.history[-1]["test_acc"] == pytest.approx(want.history[-1]["test_acc"], abs=0.05)
