@@ -29,8 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-# scores per key block (subspaces x queries x keys): on a CPU 16 MiB in float32, near cache size; on a GPU 512 MiB,
-# so that a pool of a million keys takes a dozen large launches rather than hundreds of small ones
+# scores per key block (subspaces x queries x keys): on a CPU 16 MiB in float32, near cache size; on a GPU (any
+# other device type) 512 MiB, so that a pool of a million keys takes a dozen large launches, not hundreds of small ones
 SEARCH_BLOCK_ELEMENTS = {"cpu": 2**22, "cuda": 2**27}
 Parametrization = Literal["cayley", "matrix_exp"]
 
@@ -122,7 +122,7 @@ class NeighbourSearch:
     `candidates(queries, query_ids, k)` returns, for each group, the `k` keys nearest to each query under that
     rotation, `[n_blocks, batch, k]` (positions in the pool), never the query itself (`query_ids` against the
     sorted `key_ids`). Scores are computed for key blocks of about `SEARCH_BLOCK_ELEMENTS[device type]` (cache-sized
-    on a CPU, large on a GPU).
+    on a CPU, large on a GPU or any other device).
     """
 
     def __init__(
@@ -170,13 +170,14 @@ class NeighbourSearch:
         pool, batch = len(self.keys), len(queries)
         k = min(k, pool)
         own = self_positions(query_ids.to(self.key_ids.device), self.key_ids)
+        device = self.keys.device.type
+        block = SEARCH_BLOCK_ELEMENTS.get(device, SEARCH_BLOCK_ELEMENTS["cuda"])
         with torch.no_grad():
             rot = queries.to(self.dtype) @ self.rotation.to(self.dtype)
             found = []
             for g, keys in zip(self.groups, self.rotated):
                 q = einops.rearrange(rot[:, g.cols.to(rot.device)], "b n s -> n b s")
                 q = torch.cat([-2 * q, torch.ones_like(q[..., :1])], -1).to(keys.dtype)
-                block = SEARCH_BLOCK_ELEMENTS.get(keys.device.type, SEARCH_BLOCK_ELEMENTS["cpu"])
                 step = max(k, block // (len(g.blocks) * batch))
                 best_val = best_idx = None
                 for start in range(0, pool, step):
