@@ -7,18 +7,30 @@ bound and the ratios ρ-set / brute force measured in this run (split, pairwise,
 and the irrep and coset baselines; the Fourier check also against the model's own float32 forward pass over all
 pairs, the paper's brute force), then the hand-built bi-equivariant S4 network.
 
-    python benchmarks/group_proofs.py [--groups S4 A5 S5] [--model DIR] [--repeats 3] [--threads 1]
+`--floor` times instead what any check of the Fourier kind must do per pair, against brute force in the same run
+(medians of `--repeats` interleaved runs): form the hidden layer h(x, y) of every pair (`hidden_rows`, as brute
+force and the check read it), then one product h · [Ŵ_ρ ...] with as many columns as the model's Fourier check
+reads (Σ d² + 1), then the one per-pair pass its residual term needs (h · Res_{x⋆y}). These are the check's floor:
+its setup, the deviation arithmetic and the rounding bounds come on top.
+
+    python benchmarks/group_proofs.py [--groups S4 A5 S5] [--model DIR] [--repeats 3] [--threads 1] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
+import torch
 from max_of_k import best_of, peak_mb  # the sibling benchmark's timing helpers (benchmarks/ is on sys.path)
 
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.proofs import groups
 from tl_tensorsim.proofs.groups.experiment import forward_pass
+from tl_tensorsim.proofs.groups.fourier_bound import hidden_rows
+from tl_tensorsim.proofs.groups.irreps import irrep_by_name
+from tl_tensorsim.proofs.groups.verify import certified_tables
 from tl_tensorsim.training import limit_threads
 
 
@@ -28,12 +40,18 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--floor", action="store_true", help="time the Fourier check's per-pair floor instead")
     args = parser.parse_args()
     models = (
         [group_mlp.load(args.model)]
         if args.model
         else [group_mlp.load(p) for g in args.groups for p in group_mlp.shipped(g)]
     )
+    if args.floor:
+        with limit_threads(args.threads):
+            for m in models:
+                floor(m, args.repeats)
+        return
     model, expl = groups.handbuilt(*groups.tetra_circuits())
     named = [(m.cfg.model_name, m, None) for m in models] + [("handbuilt_S4_tetrahedra", model, expl)]
     print(
@@ -70,6 +88,43 @@ def main() -> None:
                 )
             )
     print(f"peak resident memory {peak_mb():.0f} MB, {args.threads} thread(s)")
+
+
+def floor(model, repeats: int) -> None:
+    """Print the medians of brute force, the hidden layer alone, + the check's product, + the residual pass (module
+    docstring), interleaved `repeats` times, as seconds and as ratios to brute force."""
+    names = sorted(groups.explain(model).idealised_readout())
+    group, wl, wr, wu = certified_tables(model)
+    n, m = wl.mid.shape
+    flat = torch.cat([irrep_by_name(group, k).matrices.reshape(n, -1) for k in names], 1)  # [n, Σ d²]
+    readout_t = torch.cat([flat.T @ wu.mid.T, wu.mid.amax(1)[None]]).contiguous()  # [Σ d² + 1, m]
+    res_t = wu.mid.T.contiguous()  # [n(z), m]: a residual readout's shape
+
+    def hidden() -> None:
+        for _ in hidden_rows(wl.mid, wr.mid):
+            pass
+
+    cols = torch.empty(n * n, m, dtype=torch.float64)  # the check's gather buffer
+
+    def product(residual: bool) -> None:
+        for xs, h in hidden_rows(wl.mid, wr.mid):
+            readout_t @ h.T
+            if residual:  # as the check does it: gather Res_{x⋆y}, multiply, sum
+                torch.index_select(res_t, 0, group.table[xs].flatten(), out=cols[: len(h)]).mul_(h).sum(1)
+
+    steps = {"brute force": lambda: groups.brute_force(model), "hidden layer": hidden}
+    steps |= {"+ product": lambda: product(False), "+ residual pass": lambda: product(True)}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(max(1, repeats)):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"{model.cfg.model_name}: {' + '.join(names)}, {readout_t.shape[0]} product columns; "
+        + ", ".join(f"{k} {t * 1e3:.2f} ms ({t / med['brute force']:.2f})" for k, t in med.items())
+    )
 
 
 if __name__ == "__main__":
