@@ -135,7 +135,7 @@ def test_explanation_of_s4_and_round_trip(s4_explained, s4, tmp_path):
     path = expl.save(tmp_path / "e")
     back = ts.load(path)
     assert isinstance(back, Explanation) and back.left_sets == expl.left_sets and torch.equal(back.assign, expl.assign)
-    assert torch.equal(back.centre_left, expl.centre_left) and torch.equal(back.centre_right, expl.centre_right)
+    assert torch.equal(back.centre, expl.centre)
     with pytest.raises(TypeError, match="explanation"):
         rho_set(s4, "not an explanation")
 

@@ -71,8 +71,8 @@ class Explanation(Artifact):
     `share` (`[n]`) of its pair's readout (normalised per pair by the verifier); and the idealised bi-equivariant
     readout, `phi_irreps` (chosen by `explain`) with one matrix Φ̂ `phi_hat[k]` (`[d, d]`) each, the least-squares
     fit of the network's logits (`fourier_bound.fit_phi_hat`) that `rho_set(..., deviation="fourier")` certifies
-    against, and the additive part a(x) + b(y) of the hidden layer, `centre_left`, `centre_right` (`[order, m]`,
-    `fourier_bound.fit_centre`), the centre of that check's residual bound."""
+    against, and that check's residual centre offset `centre` (`[order, m]`, one row per answer z:
+    `fourier_bound.fit_centre`)."""
 
     group: str
     irreps: list[str]
@@ -95,8 +95,7 @@ class Explanation(Artifact):
     closure_error: list[float] = field(default_factory=list)
     phi_irreps: list[str] = field(default_factory=list)
     phi_hat: list[list[list[float]]] = field(default_factory=list)
-    centre_left: Tensor | None = None
-    centre_right: Tensor | None = None
+    centre: Tensor | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance, compare=False)
 
@@ -109,10 +108,10 @@ class Explanation(Artifact):
         """{irrep name: Φ̂ float64 `[d, d]`}: the idealised network f̃(z | x, y) = Φ(x⁻¹ ⋆ z ⋆ y⁻¹) in those irreps."""
         return {n: torch.tensor(p, dtype=torch.float64) for n, p in zip(self.phi_irreps, self.phi_hat)}
 
-    def hidden_centre(self) -> tuple[Tensor, Tensor] | None:
-        """(a, b) float64 `[order, m]`: the hidden layer's additive part a(x) + b(y), or None when not recorded."""
-        recorded = self.centre_left is not None and self.centre_right is not None
-        return (self.centre_left.double(), self.centre_right.double()) if recorded else None
+    def hidden_centre(self) -> Tensor | None:
+        """a0 float64 `[order, m]`: the Fourier check's centre (w_l[x] + w_r[y]) / 2 + a0(x ⋆ y) of the hidden layer
+        h(x, y), or None when not recorded."""
+        return None if self.centre is None else self.centre.double()
 
     def rho_sets(self, c: int) -> tuple[Tensor, Tensor]:
         """The left and right ρ-sets of circuit c (float64 `[k_l, d]`, `[k_r, d]`)."""
@@ -150,7 +149,7 @@ def explain(
     ranked = [names[k] for k in readout.argsort(descending=True).tolist() if readout[k] >= 0.01 * readout.sum()]
     ranked = [k for k in ranked if k not in ("trivial", f"({group.degree})")]
     candidates = [list(dict.fromkeys(found["circuit_irrep"]))] + [ranked[: k + 1] for k in range(len(ranked))]
-    centre = fit_centre(wl, wr)
+    centre = fit_centre(group, wl, wr)
     phi_hat, estimate = choose_irreps(group, wl, wr, wu, [c for c in candidates if c], centre)
     return Explanation(
         group=group.name,
@@ -174,8 +173,7 @@ def explain(
         closure_error=found["err"],
         phi_irreps=list(phi_hat),
         phi_hat=[p.tolist() for p in phi_hat.values()],
-        centre_left=centre[0],
-        centre_right=centre[1],
+        centre=centre,
         settings=dict(
             min_neurons=min_neurons, cos=cos, coset_tol=coset_tol, min_fill=min_fill, fourier_estimate=estimate
         ),

@@ -18,14 +18,17 @@ M_ρ = ρ̂(x) Φ̂_ρ ρ̂(y) + E_ρ defines the deviation E_ρ(x, y). For z = 
 
 with Φ_S(g) = Σ_ρ c_ρ tr(ρ̂(g)ᵀ Φ̂_ρ). The E term is Cauchy–Schwarz on c_ρ tr((ρ̂(z*) - ρ̂(z))ᵀ E_ρ). In the
 residual bracket Res's rows are first centred (a constant per neuron cancels); h · Res_z* is computed, and
-max_z' h · Res_z' is bounded by the smaller of Σ_i h_i max_z' Res[i, z'] (h >= 0) and, for any centre a, b
-`[order, m]` (`fit_centre`: the hidden layer's additive part),
+max_z' h · Res_z' is bounded by the smaller of Σ_i h_i max_z' Res[i, z'] (h >= 0) and, for the centre
+c(x, y) = (w_l[x] + w_r[y]) / 2 + a0(x ⋆ y) with any offset a0 `[order, m]` per answer (`fit_centre`: the mean of
+h - (w_l + w_r) / 2 = |w_l[x] + w_r[y]| / 2 over the pairs with that answer),
 
-    ‖h - a(x) - b(y)‖ max_z' ‖Res_z'‖ + max_z' a(x) · Res_z' + max_z' b(y) · Res_z'      (Cauchy–Schwarz)
+    ‖h - c‖ max_z' ‖Res_z'‖ + max_z' (w_l[x] / 2) · Res_z' + max_z' (w_r[y] / 2) · Res_z' + max_z' a0(z*) · Res_z'
 
-which keeps the cancellation between neurons that the per-neuron sum loses. For exact orthogonal ρ, ρ̂(x ⋆ g ⋆ y) = ρ̂(x) ρ̂(g) ρ̂(y) gives ŝ_ρ(g) = ‖I - ρ̂(g)‖_F and
-ε_ρ = 0; for the stored matrices, with ν = max_{a,b} ‖ρ̂(a)ρ̂(b) - ρ̂(a⋆b)‖_F, o = max_a ‖ρ̂(a)ᵀρ̂(a) - I‖_F,
-o' = max_a ‖ρ̂(a)ρ̂(a)ᵀ - I‖_F and w = max_a ‖ρ̂(a)‖_F (computed in ball arithmetic, `irrep_errors`):
+(Cauchy–Schwarz), with ‖h - c‖² = ‖c‖² - 2 h · a0(z*) since h · (w_l[x] + w_r[y]) = ‖h‖² for h = ReLU(·), and ‖c‖²
+read off Gram tables of w_l, w_r and a0 `[|G|, |G|]`; it keeps the cancellation between neurons that the per-neuron
+sum loses. For exact orthogonal ρ, ρ̂(x ⋆ g ⋆ y) = ρ̂(x) ρ̂(g) ρ̂(y) gives ŝ_ρ(g) = ‖I - ρ̂(g)‖_F and ε_ρ = 0; for
+the stored matrices, with ν = max_{a,b} ‖ρ̂(a)ρ̂(b) - ρ̂(a⋆b)‖_F, o = max_a ‖ρ̂(a)ᵀρ̂(a) - I‖_F, o' = max_a
+‖ρ̂(a)ρ̂(a)ᵀ - I‖_F and w = max_a ‖ρ̂(a)‖_F (computed in ball arithmetic, `irrep_errors`):
 
     ŝ_ρ(g) = (1 + o) ‖I - ρ̂(g)‖_F + ν (2 + w),
     ε_ρ = c_ρ ‖Φ̂_ρ‖_F [o' (1 + w) + o w² (1 + w) + ν w² (2 + w) + ι],   ι = ‖ρ̂(e) - I‖_F.
@@ -34,9 +37,11 @@ o' = max_a ‖ρ̂(a)ρ̂(a)ᵀ - I‖_F and w = max_a ‖ρ̂(a)‖_F (computed
 Φ_S(e) - Φ_S(g)), so a pair's slack is min_C (μ_C - Σ_ρ c_ρ ‖E_ρ‖_F ŝ_ρ(C)) minus the ε and residual terms, and the
 pair is certified when it is > 0. Any Φ̂ gives a sound bound (a poor one only a smaller bound).
 
-**Cost.** 2·|G|²·m·(Σ_ρ d_ρ² + 5) for h, M, h · Res_z* and ‖h - a - b‖, O(|G|²·Σ d_ρ³) for E, O(|G|²·#classes) to
-combine, against brute force's 2·|G|³·m: about (Σ d² + 5) / |G| of it (S5 with sign + standard: 22 / 120). The
-hidden layer is read in blocks of x of about 1 MB (`hidden_rows`), one reused buffer, as brute force reads it.
+**Cost.** 2·|G|²·m·(Σ_ρ d_ρ² + 1 + 2s) for h and the products, O(|G|²·Σ d_ρ³) for E, O(|G|²·(m + #classes)) for
+the centre's Gram tables and to combine, against brute force's 2·|G|³·m: about (Σ d² + 1 + 2s) / |G| of it (S5 with
+sign + standard, s = 3: 24 / 120). The pairs are read answer by answer (`answer_rows`: pairs (x, x⁻¹ ⋆ z), blocks of
+s answers, one reused buffer), so that h · Res_z* and h · a0(z*) are two more columns per answer of the block's one
+product [Σ d² + 1 + 2s, m] @ [m, s·|G|]: no other pass over the hidden layer.
 """
 
 from __future__ import annotations
@@ -46,17 +51,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from einops import rearrange
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_radius, gamma, norm_matmul
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
+
+# answers per block of the check's product (`answer_rows`): each adds 2 columns to every pair's product, each block a
+# few torch calls; 2-8 were within ±5% on S5 and A5 (2-core CPU), 3 S5's fastest
+ANSWER_BLOCK = 3
 
 __all__ = [
     "choose_irreps",
     "fit_centre",
     "fit_phi_hat",
     "fourier_slack",
+    "answer_index",
+    "answer_rows",
     "hidden_block",
     "hidden_rows",
     "hidden_bounds",
@@ -159,7 +171,7 @@ def fit_phi_hat(
 
 
 def choose_irreps(
-    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, candidates: list[list[str]], centre: tuple[Tensor, Tensor]
+    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, candidates: list[list[str]], centre: Tensor
 ) -> tuple[dict[str, Tensor], float]:
     """Untrusted search: among candidate irrep sets, the fitted Φ̂ (`fit_phi_hat`) whose Fourier slack is positive on
     the most pairs with the residual's `centre` (ties: fewer matrix entries, the cheaper check), and that fraction.
@@ -176,25 +188,25 @@ def choose_irreps(
     return best[2], max(best[0], 0.0)
 
 
-def fit_centre(wl: Tensor, wr: Tensor) -> tuple[Float[Tensor, "order m"], Float[Tensor, "order m"]]:
-    """Untrusted search: the additive part a(x) + b(y) of the hidden layer h(x, y) = ReLU(w_l[x] + w_r[y]) (the
-    least-squares fit over all pairs: a = mean over y, b = mean over x minus the grand mean), the centre of the
-    residual's Cauchy–Schwarz bound (module docstring). Float64 `[order, m]` each; cost O(|G|²·m)."""
-    h = (wl[:, None] + wr[None]).clamp_min(0)
-    a = h.mean(1)
-    return a, h.mean(0) - a.mean(0)
+def fit_centre(group: Any, wl: Tensor, wr: Tensor) -> Float[Tensor, "order m"]:
+    """Untrusted search: the residual bound's centre offset a0 (module docstring), per answer z the mean over the
+    pairs with x ⋆ y = z of h - (w_l[x] + w_r[y]) / 2 = |w_l[x] + w_r[y]| / 2, for the float64 tables wl, wr
+    `[order, m]`. Float64 `[order, m]`; cost O(|G|²·m)."""
+    n = len(wl)
+    half = (wl[:, None] + wr[None]).abs_().mul_(0.5).reshape(n * n, -1)
+    return torch.zeros_like(wl).index_add_(0, group.table.flatten(), half) / n  # each answer is n pairs'
 
 
 def fourier_slack(
     group: Any,
     real: tuple[Ball, Ball, Ball],
     phi_hat: dict[str, Tensor],
-    centre: tuple[Tensor, Tensor] | None = None,
+    centre: Tensor | None = None,
 ) -> tuple[Float[Tensor, "order order"], dict[str, Any]]:
     """Certified lower bounds `[order, order]` (x, y) of each pair's margin f(x⋆y) - max_{z ≠ x⋆y} f(z) by the
     module docstring's inequality, and diagnostics (idealised margin, mean deviation and residual terms).
     `real` = balls of w_l, w_r `[order, m]`, w_u `[m, order]`; `phi_hat` = {irrep name: Φ̂ float64 `[d, d]`};
-    `centre` = the residual bound's (a, b), float64 `[order, m]` each (`fit_centre`; None: zero). The per-pair
+    `centre` = the residual bound's offset a0, float64 `[order, m]` (`fit_centre`; None: zero). The per-pair
     arrays are float64 midpoints with per-column radii (`column_radius`), rounded outward."""
     wl, wr, wu = real
     n, m = wl.shape
@@ -202,10 +214,9 @@ def fourier_slack(
     names = sorted(phi_hat)
     if not names:  # no idealised part: Φ_S = 0, so no pair can have a positive slack
         return torch.full((n, n), -math.inf, dtype=torch.float64), {"irreps": [], "ideal_margin": 0.0}
-    zero = torch.zeros(n, m, dtype=torch.float64)
-    a, b = (torch.as_tensor(t, dtype=torch.float64) for t in centre) if centre is not None else (zero, zero)
-    if a.shape != (n, m) or b.shape != (n, m):
-        raise ValueError(f"centre: expected two tables of shape [{n}, {m}]; got {list(a.shape)}, {list(b.shape)}")
+    a0 = torch.zeros(n, m, dtype=torch.float64) if centre is None else torch.as_tensor(centre, dtype=torch.float64)
+    if a0.shape != (n, m):
+        raise ValueError(f"centre: expected a table of shape [{n}, {m}] (one row per answer); got {list(a0.shape)}")
     classes = _classes(group)
     # per irrep: Φ_S's coefficients, ε and ρ̂(x) Φ̂ (O(|G|·d³), in balls); the set's tables are the group's (cached)
     flat, weight, coef = _set_tables(group, tuple(names))
@@ -235,38 +246,41 @@ def fourier_slack(
     res = res - Ball.exact(res.mid.mean(1, keepdim=True))
     res_top = res.upper().amax(1)  # [m]
     r_max = _safe(float(res.mid.abs().add(res.rad).norm(dim=0).max()))  # max_z ‖Res_z‖ (a few roundings: _safe)
-    a_top, b_top = norm_matmul(torch.cat([a, b]), res).upper().amax(1).split(n)  # max_z a(x)·Res_z, b(y)·Res_z
+    # the centre c = (w_l[x] + w_r[y]) / 2 + a0(x ⋆ y): max_z' c · Res_z' for each of its three parts (upper; the
+    # radii of w_l and w_r by Cauchy–Schwarz against max_z ‖|Res_z|‖)
+    l_top, r_top, a_top = norm_matmul(torch.cat([wl.mid * 0.5, wr.mid * 0.5, a0]), res).upper().amax(1).split(n)
+    l_top = _next_up(l_top + _safe(r_max) * wl.rad.norm(dim=1).mul_(0.5 * (1 + gamma(m + 4))))
+    r_top = _next_up(r_top + _safe(r_max) * wr.rad.norm(dim=1).mul_(0.5 * (1 + gamma(m + 4))))
     colrad, colabs = hidden_bounds(wl, wr)
     readout = cat([w_hat, Ball.exact(res_top[:, None])], 1)  # [m, Σ d² + 1]
-    # the products' radii per column, and |F - fl(F)| for F = h · Res_{z*} per answer z* `[n]`
-    radius, f_err = column_radius(colrad, colabs, cat([readout, res], 1))[0].split([readout.shape[1], n])
+    k = readout.shape[1]
+    # the products' radii per column, and the rounding of h · Res_z and h · a0(z) per answer z `[n]`
+    radius, f_err, a_err = column_radius(colrad, colabs, cat([readout, res, Ball.exact(a0.T)], 1))[0].split([k, n, n])
+    # every pair's products, answer by answer (pairs (z, x), y = x⁻¹ ⋆ z): one product per block of answers with the
+    # Σ d² + 1 readout columns and the block's own Res_z and a0(z) (2·step more)
+    step = max(1, min(hidden_block(n, m), ANSWER_BLOCK))
+    blocks = -(-n // step)
+    out = torch.empty(blocks, k + 2 * step, step * n, dtype=torch.float64)
+    zi = torch.arange(blocks * step).clamp_max_(n - 1).view(blocks, step)  # a short last block repeats its last z
+    q = torch.cat([readout.mid.T.expand(blocks, k, m), res.mid.T[zi], a0[zi]], 1)  # [blocks, k + 2·step, m]
+    for zs, h in answer_rows(group, wl.mid, wr.mid, step):
+        torch.mm(q[zs.start // step], h.T, out=out[zs.start // step, :, : len(h)])
+    Mt = rearrange(out[:, :k], "b k r -> k (b r)")[:, : n * n]  # [k, n²]: pairs (z, x)
+    own = out[:, k:].view(blocks, 2, step, step, n).diagonal(0, 2, 3)  # [b, 2, x, j]: answer j's own two columns
+    F, ha = rearrange(own, "b t x j -> t (b j) x")[:, :n]  # [n(z), n(x)] each: h · Res_{z*} and h · a0(z*)
+    per_neuron = Mt[-1]
+    # -E_ρ = ρ̂(x) Φ̂ ρ̂(y) - M_ρ for every pair: one product [d·n, d] @ [d, d·n] per irrep, read in pair order
+    y = answer_index(group)  # [z, x]
+    pairs = (torch.arange(n) * n + y).flatten()  # pair (z, x) -> x·n + y
     sizes = [d for d, _, _ in parts]
     sq = torch.empty(n * n, len(parts), dtype=torch.float64)  # ‖fl(ρ̂(x) Φ̂ ρ̂(y) - M_ρ)‖², rounded
-    per_neuron, F, t2 = (torch.empty(n * n, dtype=torch.float64) for _ in range(3))
-    step = hidden_block(n, m)
-    cols = torch.empty(step * n, m, dtype=torch.float64)
-    diff_buf = torch.empty(max(sizes) ** 2 * step * n, dtype=torch.float64)
-    res_t, readout_t = res.mid.T.contiguous(), readout.mid.T.contiguous()
-    left = [A.mid.permute(1, 0, 2) for _, _, A in parts]  # [i, x, j]: ρ̂(x) Φ̂
-    right = [R.permute(1, 2, 0).reshape(d, d * n) for d, R, _ in parts]  # [j, (k, y)]: ρ̂(y)'s rows side by side
-    for xs, h in hidden_rows(wl.mid, wr.mid):  # pairs p = x·n + y, x in xs: each block stays in cache
-        size, at = xs.stop - xs.start, slice(xs.start * n, xs.stop * n)
-        rows = size * n
-        Mt = readout_t @ h.T  # [Σ d² + 1, rows]: every h · Ŵ_ρ (entries (i, k)) and h · max_z Res
-        col = 0
-        for j, d in enumerate(sizes):
-            # idealised ρ̂(x) Φ̂ ρ̂(y) from one product [d·|xs|, d] @ [d, d·n], read as [i, k, x, y] to meet Mt
-            ideal = (left[j][:, xs].reshape(d * size, d) @ right[j]).view(d, size, d, n).permute(0, 2, 1, 3)
-            diff = torch.sub(
-                ideal, Mt[col : col + d * d].view(d, d, size, n), out=diff_buf[: d * d * rows].view(d, d, size, n)
-            )
-            sq[at, j] = diff.view(d * d, rows).square_().sum(0)  # -E_ρ, rounded, squared and summed
-            col += d * d
-        per_neuron[at] = Mt[-1]
-        g = torch.index_select(res_t, 0, group.table[xs].flatten(), out=cols[:rows])
-        F[at] = g.mul_(h).sum(1)  # h · Res_{z*}
-        t2[at] = h.view(-1, n, m).sub_(a[xs, None]).sub_(b[None]).view(rows, m).square_().sum(1)  # ‖h - a - b‖²
-    add_flops(2 * n * n * m * (len(radius) + 4) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, M, F, t; E
+    col = 0
+    for j, (d, R, A) in enumerate(parts):
+        ideal = (A.mid.reshape(n * d, d) @ R.permute(1, 2, 0).reshape(d, d * n)).view(n, d, d, n)
+        diff = rearrange(ideal, "x i k y -> (x y) (i k)").index_select(0, pairs) - Mt[col : col + d * d].T
+        torch.sum(diff.square_(), 1, out=sq[:, j])
+        col += d * d
+    add_flops(2 * n * n * m * (k + 2 * step) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, products; E
     # ‖E_ρ‖ <= ‖fl(diff)‖ (1 + EPS) + ‖radius of M_ρ's columns + the ideal's radius‖ (triangle inequality)
     ends = torch.tensor(sizes).square().cumsum(0).tolist()
     rad = torch.tensor(
@@ -276,17 +290,16 @@ def fourier_slack(
     norms = (_sqrt_upper(sq.mul_(scale)).mul_(1 + 2 * EPS).add_(rad)).mul_(1 + EPS)
     # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of nonnegative upper bounds, its rounding covered by
     # scaling the small factor up
-    k = len(parts)
     dev = norms @ coef  # [n², classes]
-    add_flops(2 * dev.numel() * k + 8 * sq.numel())
-    F_low = F - f_err[group.table.flatten()]
-    t = _sqrt_upper(t2 * (1 + gamma(m + 4)))
-    # ‖h - a - b‖ <= the computed norm + ‖colrad‖ (h's radius) + ‖γ_2 (|fl h| + |a| + |b|)‖ (the two subtractions)
-    slop = Ball.exact(colabs + a.abs().amax(0) + b.abs().amax(0)) * gamma(2) + Ball.exact(colrad)
-    spread = (t + float(_frobenius_upper(slop.map(lambda v: v[None, :, None])))) * r_max  # >= 0
-    shift = (a_top[:, None] + b_top[None]).flatten()  # any sign: each rounding bounded by EPS·|·| below
-    cs = spread + shift
-    cs = cs + 2 * EPS * (2 * spread + shift.abs() + cs.abs())
+    add_flops(2 * dev.numel() * len(parts) + 8 * sq.numel())
+    F_low = (F - f_err[:, None]).flatten()
+    ha_low = ha - a_err[:, None]
+    # ‖h - c‖² = ‖c‖² - 2 h · a0(z) (h · (w_l[x] + w_r[y]) = ‖h‖² for h = ReLU(w_l[x] + w_r[y])), ‖c‖ from Gram tables
+    spread = _centre_distance(wl, wr, a0, y, ha_low) * r_max  # >= 0
+    shift = l_top[None] + r_top[y] + a_top[:, None]  # [z, x]: any sign; each rounding bounded by EPS·|·| below
+    size = (2 * spread + l_top.abs()[None] + r_top.abs()[y] + a_top.abs()[:, None]).flatten()
+    cs = (spread + shift).flatten()
+    cs = cs + 2 * EPS * (size + cs.abs())
     best = torch.minimum(cs, per_neuron + radius[-1])
     resid = best - F_low
     resid_up = resid + 2 * EPS * (best.abs() + F_low.abs() + resid.abs()) + 2.0**-1000
@@ -294,8 +307,9 @@ def fourier_slack(
     mu = _next_down(phi_s.lower()[e] - torch.stack([top[cl].max() for cl in classes]))  # [classes]: μ_C
     worst = (mu[None] - dev).amin(1)
     total = worst - resid_up - eps_total
-    slack = total - EPS * (worst.abs() + resid_up.abs() + total.abs()) - 2.0**-1000  # the two subtractions
-    add_flops(2 * dev.numel() + 20 * slack.numel())
+    slack = torch.empty(n * n, dtype=torch.float64)
+    slack[pairs] = total - EPS * (worst.abs() + resid_up.abs() + total.abs()) - 2.0**-1000  # the two subtractions
+    add_flops(2 * dev.numel() + 30 * slack.numel())
     terms = {
         "irreps": names,
         "ideal_margin": float(mu.min()),
@@ -334,6 +348,41 @@ def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:
     colrad = (Ball.exact(wl.rad.amax(0)) + Ball.exact(wr.rad.amax(0)) + Ball.exact(size) * EPS).upper()
     top = (Ball.exact(wl.mid.amax(0)) + Ball.exact(wr.mid.amax(0))).upper().clamp_min(0) * (1 + EPS)  # fl(sum)
     return colrad, top
+
+
+def answer_index(group: Any) -> Int[Tensor, "order order"]:
+    """`y[z, x]` = x⁻¹ ⋆ z, the right factor that makes x ⋆ y = z: pairs listed answer by answer."""
+    return group.table[group.inverse].T.contiguous()
+
+
+def answer_rows(group: Any, wl: Tensor, wr: Tensor, step: int) -> Iterator[tuple[slice, Float[Tensor, "rows m"]]]:
+    """`hidden_rows` answer by answer: for blocks zs of `step` answers, yields (zs, h), h float64 `[|zs|·n, m]` with
+    row j·n + x the pair (x, x⁻¹ ⋆ z), z = zs.start + j (`answer_index`); one buffer (h is valid until the next
+    block). Cost 2·|G|²·m, with the same roundings as `hidden_rows`."""
+    n, m = wl.shape
+    y, buf = answer_index(group), torch.empty(step * n, m, dtype=torch.float64)
+    for start in range(0, n, step):
+        zs = slice(start, min(n, start + step))
+        h = torch.index_select(wr, 0, y[zs].flatten(), out=buf[: (zs.stop - zs.start) * n]).view(-1, n, m)
+        yield zs, h.add_(wl).clamp_min_(0).view(-1, m)
+
+
+def _centre_distance(wl: Ball, wr: Ball, a0: Tensor, y: Tensor, ha_low: Tensor) -> Float[Tensor, "z x"]:
+    """Upper bounds `[z, x]` of ‖h - c‖, c = (w_l[x] + w_r[y]) / 2 + a0(z), y = `y[z, x]`: ‖c‖² - 2 h · a0(z), with
+    `ha_low` lower bounds of h · a0(z), ‖c‖² from the Gram tables of u = w_l / 2, v = w_r / 2, a0 (error at most
+    γ_{m+6} (‖u‖ + ‖v‖ + ‖a0‖)²) and ‖c - fl c‖ <= ‖(rad w_l + rad w_r) / 2‖. Cost O(|G|²·m)."""
+    n, m = a0.shape
+    u, v = wl.mid * 0.5, wr.mid * 0.5
+    nu, nv, na = (t.square().sum(1) for t in (u, v, a0))
+    gau, gav = (a0 @ torch.cat([u, v]).T).split(n, 1)  # [z, x], [z, y]
+    c2 = nu[None] + nv[y] + na[:, None] + 2 * ((v @ u.T).gather(0, y) + gau + gav.gather(1, y))
+    size = float(nu.max().sqrt() + nv.max().sqrt() + na.max().sqrt()) * (1 + gamma(m + 2))
+    delta = float((wl.rad.amax(0) + wr.rad.amax(0)).norm()) * 0.5
+    c2 = (c2 + _safe(gamma(m + 8) * size * size)).mul_(1 + 2 * EPS).clamp_min_(0)
+    c_up = (_sqrt_upper(c2) + _safe(delta)) * (1 + EPS)
+    cc = c_up * c_up
+    t2 = cc - 2 * ha_low
+    return _sqrt_upper((t2 + 4 * EPS * (cc + 2 * ha_low.abs() + t2.abs())).clamp_min_(0))
 
 
 def _sqrt_upper(v: Tensor) -> Tensor:
