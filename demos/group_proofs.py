@@ -103,8 +103,8 @@ def run(report, full: bool = False) -> dict[str, Any]:
         "on r functions of z exactly (r = Σ d² of the explanation's irreps, capped at half of brute force's FLOPs). "
         "The Fourier variant compares each pair's logit coefficients in a few irreps with a fitted bi-equivariant "
         "readout (Cauchy–Schwarz per irrep and conjugacy class) and bounds the rest of the readout per neuron or, "
-        "after subtracting the hidden layer's additive part a(x) + b(y), by Cauchy–Schwarz, whichever is smaller, "
-        "without evaluating all |G| logits of a pair."
+        "after subtracting a centre (w_l[x] + w_r[y]) / 2 + a0(x⋆y) with one offset per answer, by Cauchy–Schwarz, "
+        "whichever is smaller, without evaluating all |G| logits of a pair."
     )
     report.table(rows, caption="brute force and the ρ-set proof per model")
     report.text(
