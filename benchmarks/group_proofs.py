@@ -29,8 +29,9 @@ from max_of_k import best_of, peak_mb  # the sibling benchmark's timing helpers 
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.proofs import groups
 from tl_tensorsim.proofs.groups.experiment import forward_pass
-from tl_tensorsim.proofs.groups.fourier_bound import ANSWER_BLOCK, answer_rows, hidden_rows
+from tl_tensorsim.proofs.groups.fourier_bound import ANSWER_BLOCK
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
+from tl_tensorsim.proofs.groups.pairs import answer_rows, hidden_rows
 from tl_tensorsim.proofs.groups.verify import certified_tables
 from tl_tensorsim.training import limit_threads
 

@@ -47,16 +47,16 @@ product [Σ d² + 1 + 2s, m] @ [m, s·|G|]: no other pass over the hidden layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from einops import rearrange
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, cat, column_radius, gamma, norm_matmul
 from tl_tensorsim.proofs.groups.irreps import Irrep, irrep_by_name
+from tl_tensorsim.proofs.groups.pairs import answer_index, answer_rows, hidden_block, hidden_bounds
 
 # answers per block of the check's product (`answer_rows`): each adds 2 columns to every pair's product, each block a
 # few torch calls; 2-8 were within ±5% on S5 and A5 (2-core CPU), 3 S5's fastest
@@ -67,11 +67,6 @@ __all__ = [
     "fit_centre",
     "fit_phi_hat",
     "fourier_slack",
-    "answer_index",
-    "answer_rows",
-    "hidden_block",
-    "hidden_rows",
-    "hidden_bounds",
     "irrep_errors",
 ]
 
@@ -93,8 +88,8 @@ def irrep_errors(group: Any, rep: Irrep) -> tuple[float, float, float, float, fl
     orthogonal representation (module docstring): ν = max_{a,b} ‖ρ̂(a)ρ̂(b) - ρ̂(a⋆b)‖_F over the whole table,
     o = max_a ‖ρ̂(a)ᵀρ̂(a) - I‖_F, o' = max_a ‖ρ̂(a)ρ̂(a)ᵀ - I‖_F, w = max_a ‖ρ̂(a)‖_F, ι = ‖ρ̂(e) - I‖_F. Cost
     |G|²·2d³; cached on the group (the group's irreps are fixed data, shared by every model)."""
-    cache = group.__dict__.setdefault("_irrep_cache", {})
-    if rep.name not in cache:
+
+    def make() -> tuple[float, float, float, float, float]:
         R = Ball.exact(rep.matrices)
         eye = torch.eye(rep.dim, dtype=torch.float64)
         nu = _frobenius_upper(R.map(lambda t: t[:, None]) @ R.map(lambda t: t[None]) - R[group.table]).max()
@@ -102,25 +97,24 @@ def irrep_errors(group: Any, rep: Irrep) -> tuple[float, float, float, float, fl
         o2 = _frobenius_upper(R @ R.T - eye).max()
         w = _frobenius_upper(R).max()
         iota = _frobenius_upper(R[group.identity] - eye)
-        cache[rep.name] = (float(nu), float(o), float(o2), float(w), float(iota))
-    return cache[rep.name]
+        return float(nu), float(o), float(o2), float(w), float(iota)
+
+    return group.cached(rep.name, make)
 
 
 def _classes(group: Any) -> list[list[int]]:
     """The conjugacy classes without the identity (cached on the group)."""
-    cache = group.__dict__.setdefault("_irrep_cache", {})
-    if "classes" not in cache:
-        classes = [[g for g in c if g != group.identity] for c in group.conjugacy_classes()]
-        cache["classes"] = [c for c in classes if c]
-    return cache["classes"]
+    return group.cached(
+        "classes",
+        lambda: [c for c in ([g for g in cl if g != group.identity] for cl in group.conjugacy_classes()) if c],
+    )
 
 
 def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor]:
     """Model-independent quantities of one irrep (cached on the group, like `irrep_errors`): c_ρ = d/(e|G|) (ball),
     the entries ρ̂ `[order, d²]` (exact ball) and c_ρ ŝ_ρ(C) per conjugacy class (upper bounds)."""
-    cache = group.__dict__.setdefault("_irrep_cache", {})
-    key = ("tables", rep.name)
-    if key not in cache:
+
+    def make() -> tuple[Ball, Ball, Tensor]:
         n, d, R = group.order, rep.dim, rep.matrices
         nu, o, _, w, _ = irrep_errors(group, rep)
         c = Ball(torch.tensor(d / (rep.kind * n), dtype=torch.float64))
@@ -129,8 +123,9 @@ def _irrep_tables(group: Any, rep: Irrep) -> tuple[Ball, Ball, Tensor]:
         s_hat = Ball.exact(_frobenius_upper(-Ball.exact(R) + torch.eye(d, dtype=torch.float64))) * _safe(1 + o)
         s_hat = (s_hat + _safe(nu * (2 + w))).upper()  # [n]: ŝ_ρ(g)
         s_class = (c * Ball.exact(torch.stack([s_hat[cl].max() for cl in _classes(group)]))).upper()
-        cache[key] = (c, flat, s_class)
-    return cache[key]
+        return c, flat, s_class
+
+    return group.cached(("tables", rep.name), make)
 
 
 def _set_tables(group: Any, names: tuple[str, ...]) -> tuple[Ball, Ball, Tensor]:
@@ -138,14 +133,14 @@ def _set_tables(group: Any, names: tuple[str, ...]) -> tuple[Ball, Ball, Tensor]
     `[order, Σ d²]` (exact ball), each entry's c_ρ `[Σ d²]` (ball; P̂ = flat·diag(c)·flatᵀ), and the factors
     c_ρ ŝ_ρ(C) `[|S|, classes]` scaled up by 1 + 2γ_{|S|+1} (so that a rounded product with nonnegative upper
     bounds stays an upper bound)."""
-    cache = group.__dict__.setdefault("_irrep_cache", {})
-    key = ("set", names)
-    if key not in cache:
+
+    def make() -> tuple[Ball, Ball, Tensor]:
         tables = [_irrep_tables(group, irrep_by_name(group, name)) for name in names]
         weight = cat([t[0].map(lambda v, k=t[1].mid.shape[1]: v.expand(k)) for t in tables], 0)
         coef = _next_up(torch.stack([t[2] for t in tables]) * (1 + 2 * gamma(len(names) + 1)))
-        cache[key] = (cat([t[1] for t in tables], 1), weight, coef)
-    return cache[key]
+        return cat([t[1] for t in tables], 1), weight, coef
+
+    return group.cached(("set", names), make)
 
 
 def fit_phi_hat(
@@ -249,8 +244,9 @@ def fourier_slack(
     # the centre c = (w_l[x] + w_r[y]) / 2 + a0(x ⋆ y): max_z' c · Res_z' for each of its three parts (upper; the
     # radii of w_l and w_r by Cauchy–Schwarz against max_z ‖|Res_z|‖)
     l_top, r_top, a_top = norm_matmul(torch.cat([wl.mid * 0.5, wr.mid * 0.5, a0]), res).upper().amax(1).split(n)
-    l_top = _next_up(l_top + _safe(r_max) * wl.rad.norm(dim=1).mul_(0.5 * (1 + gamma(m + 4))))
-    r_top = _next_up(r_top + _safe(r_max) * wr.rad.norm(dim=1).mul_(0.5 * (1 + gamma(m + 4))))
+    l_top, r_top = (
+        _next_up(t + _safe(r_max) * w.rad.norm(dim=1).mul_(0.5 + gamma(m + 4))) for t, w in ((l_top, wl), (r_top, wr))
+    )
     colrad, colabs = hidden_bounds(wl, wr)
     readout = cat([w_hat, Ball.exact(res_top[:, None])], 1)  # [m, Σ d² + 1]
     k = readout.shape[1]
@@ -320,51 +316,6 @@ def fourier_slack(
         "epsilon": eps_total,
     }
     return slack.view(n, n), terms
-
-
-def hidden_block(n: int, m: int, cache_bytes: int = 2**20) -> int:
-    """How many x values per block of the hidden layer `[x, n, m]` (float64) so that a block fills about
-    `cache_bytes` (a block stays in cache while every quantity of its pairs is read off it)."""
-    return max(1, min(n, cache_bytes // (8 * n * m)))
-
-
-def hidden_rows(wl: Tensor, wr: Tensor) -> Iterator[tuple[slice, Float[Tensor, "rows m"]]]:
-    """The hidden layer h = ReLU(wl[x] + wr[y]) of every pair, block by block of x (`hidden_block`, in order):
-    yields (xs, h) with h float64 `[|xs|·n, m]`, row x·n + y (local to the block), for the float64 midpoint tables
-    wl, wr `[n, m]`. One buffer is reused, so h is valid until the next block. Cost 2·|G|²·m."""
-    n, m = wl.shape
-    step = hidden_block(n, m)
-    buf = torch.empty(step * n, m, dtype=torch.float64)
-    for start in range(0, n, step):
-        xs = slice(start, min(n, start + step))
-        rows = (xs.stop - xs.start) * n
-        yield xs, torch.add(wl[xs, None], wr[None], out=buf[:rows].view(-1, n, m)).clamp_min_(0).view(rows, m)
-
-
-def hidden_bounds(wl: Ball, wr: Ball) -> tuple[Tensor, Tensor]:
-    """Per neuron (`[m]`): a bound on |h - fl(h)| for h = ReLU(wl[x] + wr[y]) over all pairs (the radii plus the
-    rounding of the sum; ReLU is exact and 1-Lipschitz), and a bound on |fl(h)| (max_x wl + max_y wr, or 0)."""
-    size = wl.mid.abs().amax(0) + wr.mid.abs().amax(0)
-    colrad = (Ball.exact(wl.rad.amax(0)) + Ball.exact(wr.rad.amax(0)) + Ball.exact(size) * EPS).upper()
-    top = (Ball.exact(wl.mid.amax(0)) + Ball.exact(wr.mid.amax(0))).upper().clamp_min(0) * (1 + EPS)  # fl(sum)
-    return colrad, top
-
-
-def answer_index(group: Any) -> Int[Tensor, "order order"]:
-    """`y[z, x]` = x⁻¹ ⋆ z, the right factor that makes x ⋆ y = z: pairs listed answer by answer."""
-    return group.table[group.inverse].T.contiguous()
-
-
-def answer_rows(group: Any, wl: Tensor, wr: Tensor, step: int) -> Iterator[tuple[slice, Float[Tensor, "rows m"]]]:
-    """`hidden_rows` answer by answer: for blocks zs of `step` answers, yields (zs, h), h float64 `[|zs|·n, m]` with
-    row j·n + x the pair (x, x⁻¹ ⋆ z), z = zs.start + j (`answer_index`); one buffer (h is valid until the next
-    block). Cost 2·|G|²·m, with the same roundings as `hidden_rows`."""
-    n, m = wl.shape
-    y, buf = answer_index(group), torch.empty(step * n, m, dtype=torch.float64)
-    for start in range(0, n, step):
-        zs = slice(start, min(n, start + step))
-        h = torch.index_select(wr, 0, y[zs].flatten(), out=buf[: (zs.stop - zs.start) * n]).view(-1, n, m)
-        yield zs, h.add_(wl).clamp_min_(0).view(-1, m)
 
 
 def _centre_distance(wl: Ball, wr: Ball, a0: Tensor, y: Tensor, ha_low: Tensor) -> Float[Tensor, "z x"]:

@@ -19,7 +19,9 @@ is index k and the reflection r^k s (i -> k - i mod n) is index n + k.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Int
@@ -27,6 +29,8 @@ from torch import Tensor
 
 from tl_tensorsim.checks import checked_int
 from tl_tensorsim.models.group_table import group_elements, multiplication_table
+
+T = TypeVar("T")
 
 __all__ = ["Group", "alternating", "cyclic", "dihedral", "from_permutations", "group_by_name", "symmetric"]
 
@@ -67,6 +71,14 @@ class Group:
         if not hasattr(self, "_index"):
             self._index = {p: i for i, p in enumerate(self.elements)}
         return self._index
+
+    def cached(self, key: Any, make: Callable[[], T]) -> T:
+        """`make()` once per key: data derived from the group alone (its irreps' error constants, classes, index
+        tables), computed once and shared by every model of the group."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
     def mul(self, x: Tensor | int, y: Tensor | int) -> Tensor:
         """x ⋆ y elementwise (indices, broadcasting)."""

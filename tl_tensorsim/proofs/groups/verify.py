@@ -46,9 +46,10 @@ from torch import Tensor
 from tl_tensorsim.checks import check_choice, checked_int
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_radius, count_flops, norm_matmul
 from tl_tensorsim.proofs.groups.explain import Explanation, model_group
-from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, hidden_bounds, hidden_rows
+from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
+from tl_tensorsim.proofs.groups.pairs import hidden_bounds, hidden_rows
 from tl_tensorsim.proofs.groups.rho_sets import diagonal_orbits, rho_set_action
 from tl_tensorsim.proofs.result import ProofResult
 from tl_tensorsim.training import limit_threads
