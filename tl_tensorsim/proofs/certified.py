@@ -315,12 +315,13 @@ def norm_matmul(a: Tensor, b: Ball) -> Ball:
 def column_radius(colrad: Tensor, colabs: Tensor, other: Ball) -> Tensor:
     """`column_matmul`'s radius `[1, r]` for any rows v (|v - mid| <= colrad, |mid| <= colabs per column `[k]`):
     colrad·(|other.mid| + other.rad) + colabs·other.rad + γ_k·colabs·|other.mid|, rounded up (for products taken
-    block by block)."""
-    absolute, rad = Ball.exact(other.mid.abs()), Ball.exact(other.rad)
+    block by block). Every term is nonnegative, so the float result is within k + 3 roundings of the exact one,
+    which `_up` covers."""
     k = colrad.shape[-1]
-    return (
-        Ball.exact(colrad[None]) @ (absolute + rad) + Ball.exact(colabs[None]) @ (rad + absolute * gamma(k))
-    ).upper()
+    absolute = other.mid.abs()
+    out = colrad[None] @ (absolute + other.rad) + colabs[None] @ (other.rad + absolute * gamma(k))
+    add_flops(0, 4 * out.numel() * k + 3 * absolute.numel())
+    return _up(out, k + 4)
 
 
 def cat(balls: list[Ball], dim: int) -> Ball:

@@ -225,13 +225,15 @@ def fourier_slack(
         nu, o, o2, w, iota = irrep_errors(group, rep)
         c = _irrep_tables(group, rep)[0]
         weights.append(c * Ball.exact(phi.reshape(d * d)))  # c_ρ Φ̂_ρ, flattened
-        norm_phi = float(_frobenius_upper(Ball.exact(phi)))
+        norm_phi = float(_sqrt_upper(phi.square().sum() * (1 + gamma(d * d + 2))))  # ‖Φ̂‖_F, upper
         err = norm_phi * (o2 * (1 + w) + o * w * w * (1 + w) + nu * w * w * (2 + w) + iota)
         eps_total = _safe(eps_total + _safe(float(c.upper()) * _safe(err)))
-        A = Ball.exact(R) @ Ball.exact(phi)  # [n, d, d]: ρ̂(x) Φ̂
+        A = R @ phi  # [n, d, d]: fl(ρ̂(x) Φ̂), each entry within γ_d·d·max|ρ̂|·max|Φ̂| of the exact one
         parts.append((d, R, A))
-        # |ρ̂(x) Φ̂ ρ̂(y) - fl(A.mid @ ρ̂(y))| <= d·max|ρ̂|·(A's radius + γ_d·max|A.mid|)
-        ideal_rads.append(_safe(d * float(R.abs().max()) * (float(A.rad.max()) + gamma(d) * float(A.mid.abs().max()))))
+        # |ρ̂(x) Φ̂ ρ̂(y) - fl(fl(ρ̂(x) Φ̂) ρ̂(y))| <= d·max|ρ̂|·(A's error + γ_d·max|A|)
+        r_abs = float(R.abs().max())
+        a_err = _safe(gamma(d) * d * r_abs * float(phi.abs().max()))
+        ideal_rads.append(_safe(d * r_abs * (a_err + gamma(d) * float(A.abs().max()))))
     phi_s = flat @ cat(weights, 0)  # [n]: Φ_S(g) = Σ_ρ c_ρ tr(ρ̂(g)ᵀ Φ̂_ρ)
     w_hat = norm_matmul(flat.mid.T, wu.T).T  # [m, Σ d²]: every Ŵ_ρ
     wu_proj = norm_matmul(flat.mid, (w_hat * weight).T).T  # [m, n]: w_u P̂ = Ŵ diag(c) flatᵀ
@@ -269,12 +271,12 @@ def fourier_slack(
     y = answer_index(group)  # [z, x]
     pairs = (torch.arange(n) * n + y).flatten()  # pair (z, x) -> x·n + y
     sizes = [d for d, _, _ in parts]
-    sq = torch.empty(n * n, len(parts), dtype=torch.float64)  # ‖fl(ρ̂(x) Φ̂ ρ̂(y) - M_ρ)‖², rounded
+    sq = torch.empty(len(parts), n * n, dtype=torch.float64)  # ‖fl(ρ̂(x) Φ̂ ρ̂(y) - M_ρ)‖², rounded
     col = 0
     for j, (d, R, A) in enumerate(parts):
-        ideal = (A.mid.reshape(n * d, d) @ R.permute(1, 2, 0).reshape(d, d * n)).view(n, d, d, n)
+        ideal = (A.reshape(n * d, d) @ R.permute(1, 2, 0).reshape(d, d * n)).view(n, d, d, n)
         diff = rearrange(ideal, "x i k y -> (x y) (i k)").index_select(0, pairs) - Mt[col : col + d * d].T
-        torch.sum(diff.square_(), 1, out=sq[:, j])
+        torch.sum(diff.square_(), 1, out=sq[j])
         col += d * d
     add_flops(2 * n * n * m * (k + 2 * step) + 2 * n * n * sum(d**3 + d * d for d in sizes))  # h, products; E
     # ‖E_ρ‖ <= ‖fl(diff)‖ (1 + EPS) + ‖radius of M_ρ's columns + the ideal's radius‖ (triangle inequality)
@@ -282,11 +284,11 @@ def fourier_slack(
     rad = torch.tensor(
         [_safe(math.hypot(*(radius[end - d * d : end] + r).tolist())) for d, end, r in zip(sizes, ends, ideal_rads)]
     )  # ‖·‖ of each irrep's radii (hypot is correctly rounded to within 1 ulp; _safe covers it)
-    scale = torch.tensor([1 + gamma(d * d + 2) for d in sizes], dtype=torch.float64)
-    norms = (_sqrt_upper(sq.mul_(scale)).mul_(1 + 2 * EPS).add_(rad)).mul_(1 + EPS)
+    scale = torch.tensor([[1 + gamma(d * d + 2)] for d in sizes], dtype=torch.float64)
+    norms = (_sqrt_upper(sq.mul_(scale)).mul_(1 + 2 * EPS).add_(rad[:, None])).mul_(1 + EPS)  # [irreps, n²]
     # Σ_ρ c_ρ ‖E_ρ‖ ŝ_ρ(C) for every class: one small product of nonnegative upper bounds, its rounding covered by
     # scaling the small factor up
-    dev = norms @ coef  # [n², classes]
+    dev = coef.T @ norms  # [classes, n²]
     add_flops(2 * dev.numel() * len(parts) + 8 * sq.numel())
     F_low = (F - f_err[:, None]).flatten()
     ha_low = ha - a_err[:, None]
@@ -301,7 +303,7 @@ def fourier_slack(
     resid_up = resid + 2 * EPS * (best.abs() + F_low.abs() + resid.abs()) + 2.0**-1000
     top = phi_s.upper()
     mu = _next_down(phi_s.lower()[e] - torch.stack([top[cl].max() for cl in classes]))  # [classes]: μ_C
-    worst = (mu[None] - dev).amin(1)
+    worst = (mu[:, None] - dev).amin(0)
     total = worst - resid_up - eps_total
     slack = torch.empty(n * n, dtype=torch.float64)
     slack[pairs] = total - EPS * (worst.abs() + resid_up.abs() + total.abs()) - 2.0**-1000  # the two subtractions
@@ -309,7 +311,7 @@ def fourier_slack(
     terms = {
         "irreps": names,
         "ideal_margin": float(mu.min()),
-        "deviation_mean": float(dev.amax(1).mean()),
+        "deviation_mean": float(dev.amax(0).mean()),
         "residual_mean": float(resid_up.mean()),
         "residual_per_neuron_mean": float((per_neuron - F_low).mean()),
         "residual_cs_mean": float((cs - F_low).mean()),
@@ -325,8 +327,9 @@ def _centre_distance(wl: Ball, wr: Ball, a0: Tensor, y: Tensor, ha_low: Tensor) 
     n, m = a0.shape
     u, v = wl.mid * 0.5, wr.mid * 0.5
     nu, nv, na = (t.square().sum(1) for t in (u, v, a0))
-    gau, gav = (a0 @ torch.cat([u, v]).T).split(n, 1)  # [z, x], [z, y]
-    c2 = nu[None] + nv[y] + na[:, None] + 2 * ((v @ u.T).gather(0, y) + gau + gav.gather(1, y))
+    gau, gav = (a0 @ torch.cat([u, v]).T).mul_(2).split(n, 1)  # [z, x], [z, y]: 2 a0 · u, 2 a0 · v
+    by_y = torch.addmm(nv[:, None], v, u.T, alpha=2).gather(0, y)  # [z, x]: ‖v_y‖² + 2 v_y · u_x
+    c2 = gau.add_(nu[None]).add_(na[:, None]).add_(by_y).add_(gav.gather(1, y))
     size = float(nu.max().sqrt() + nv.max().sqrt() + na.max().sqrt()) * (1 + gamma(m + 2))
     delta = float((wl.rad.amax(0) + wr.rad.amax(0)).norm()) * 0.5
     c2 = (c2 + _safe(gamma(m + 8) * size * size)).mul_(1 + 2 * EPS).clamp_min_(0)
