@@ -10,7 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tl_tensorsim.proofs.certified import Ball, count_flops, gamma, row_range_bound, spectral_norm_bound
+from tl_tensorsim.proofs.certified import (
+    Ball,
+    column_matmul,
+    count_flops,
+    gamma,
+    norm_matmul,
+    row_range_bound,
+    spectral_norm_bound,
+)
 
 mp = pytest.importorskip("mpmath")
 mp.mp.dps = 60
@@ -61,6 +69,44 @@ def test_matmul_sum_and_order_statistics_enclose_exact_results():
     assert encloses(A.sum(1), [sum(mp.mpf(x) for x in row) for row in a.tolist()])
     assert encloses(prod.amax(1), [max(exact[i * 5 : i * 5 + 5]) for i in range(7)])
     assert encloses(prod.cummin(1)[:, -1], [min(exact[i * 5 : i * 5 + 5]) for i in range(7)])
+
+
+@pytest.mark.parametrize("radius", [1e-9, 0.0])
+def test_column_and_norm_products_enclose_every_product_within_their_inputs(radius):
+    """`column_matmul` (per-column radii of v, as the group proofs' hidden layer) and `norm_matmul` (an exact left
+    factor): the exact product of any inputs within the stated radii (random corners, and the one with every |v| at
+    its largest) lies in the ball. Magnitudes over six decades with random signs make the rounding term matter; with
+    radius 0 it is the only term."""
+    g = torch.Generator().manual_seed(3)
+    rows, k, r = 6, 40, 5
+    scale = torch.logspace(-3, 3, k, dtype=torch.float64)
+    mid = torch.randn(rows, k, generator=g, dtype=torch.float64) * scale
+    colrad = torch.rand(k, generator=g, dtype=torch.float64) * radius * scale
+    colabs = mid.abs().amax(0)
+    other = Ball(
+        torch.randn(k, r, generator=g, dtype=torch.float64), torch.rand(k, r, generator=g, dtype=torch.float64)
+    )
+    other = Ball(other.mid, other.rad * radius / 10)
+    col = column_matmul(mid, colrad, colabs, other)
+    exact_left = torch.randn(rows, k, generator=g, dtype=torch.float64) * scale
+    norm = norm_matmul(exact_left, other)
+    L = [[mp.mpf(x) for x in row] for row in exact_left.tolist()]
+    for trial in range(4 if radius else 1):
+        s1 = torch.sign(mid) if trial == 0 else torch.randint(0, 2, (rows, k), generator=g).double() * 2 - 1
+        s2 = torch.randint(0, 2, (k, r), generator=g).double() * 2 - 1
+        V = [
+            [mp.mpf(a) + mp.mpf(b) * mp.mpf(c) for a, b, c in zip(*t, colrad.tolist())]
+            for t in zip(mid.tolist(), s1.tolist())
+        ]
+        O = [
+            [mp.mpf(a) + mp.mpf(b) * mp.mpf(c) for a, b, c in zip(*t)]
+            for t in zip(other.mid.tolist(), s2.tolist(), other.rad.tolist())
+        ]
+        exact = [[sum(row[j] * O[j][c] for j in range(k)) for c in range(r)] for row in V]
+        assert encloses(col, [x for row in exact for x in row])
+        assert encloses(norm, [sum(row[j] * O[j][c] for j in range(k)) for row in L for c in range(r)])
+    if not radius:  # the enclosure is not vacuous: the radii are a few roundings of the sums' sizes
+        assert (col.rad <= 1e-10 * (mid.abs() @ other.mid.abs())).all()
 
 
 def test_division_by_a_ball_containing_zero_certifies_nothing():
