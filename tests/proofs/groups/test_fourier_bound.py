@@ -15,7 +15,8 @@ from tl_tensorsim.models import group_mlp
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig
 from tl_tensorsim.proofs.groups import brute_force, explain, group_by_name, irreps, rho_set
 from tl_tensorsim.proofs.groups.explain import model_tables
-from tl_tensorsim.proofs.groups.fourier_bound import fit_centre, fit_phi_hat, fourier_slack, irrep_errors
+from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack, irrep_errors
+from tl_tensorsim.proofs.groups.fourier_fit import fit_centre, fit_phi_hat
 from tl_tensorsim.proofs.groups.irreps import Irrep
 from tl_tensorsim.proofs.groups.pairs import answer_index, answer_rows, hidden_rows
 from tl_tensorsim.proofs.groups.verify import certified_tables

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from tl_tensorsim.artifacts import Artifact, Provenance
 from tl_tensorsim.proofs.groups.fourier import irrep_power
-from tl_tensorsim.proofs.groups.fourier_bound import choose_irreps, fit_centre
+from tl_tensorsim.proofs.groups.fourier_fit import choose_irreps, fit_centre
 from tl_tensorsim.proofs.groups.groups import Group, group_by_name
 from tl_tensorsim.proofs.groups.irreps import irreps
 from tl_tensorsim.proofs.groups.rho_sets import rho_set_circuits

@@ -62,13 +62,7 @@ from tl_tensorsim.proofs.groups.pairs import answer_index, answer_rows, hidden_b
 # few torch calls; 2-8 were within ±5% on S5 and A5 (2-core CPU), 3 S5's fastest
 ANSWER_BLOCK = 3
 
-__all__ = [
-    "choose_irreps",
-    "fit_centre",
-    "fit_phi_hat",
-    "fourier_slack",
-    "irrep_errors",
-]
+__all__ = ["fourier_slack", "irrep_errors"]
 
 
 def _frobenius_upper(b: Ball) -> Tensor:
@@ -141,55 +135,6 @@ def _set_tables(group: Any, names: tuple[str, ...]) -> tuple[Ball, Ball, Tensor]
         return cat([t[1] for t in tables], 1), weight, coef
 
     return group.cached(("set", names), make)
-
-
-def fit_phi_hat(
-    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, names: list[str], samples: int = 4096, seed: int = 0
-) -> dict[str, Float[Tensor, "d d"]]:
-    """Untrusted search: per irrep, the least-squares bi-equivariant Φ̂_ρ = mean over pairs of ρ(x)ᵀ M_ρ(x, y) ρ(y)ᵀ
-    (which minimises Σ ‖E_ρ‖_F² for orthogonal ρ), estimated on `samples` random pairs (all of them when fewer).
-    Float64 tables `[order, m]`, `[order, m]`, `[m, order]`. Cost 2·samples·m·Σ d²."""
-    n = group.order
-    if samples >= n * n:
-        x, y = torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)
-    else:
-        pick = torch.randperm(n * n, generator=torch.Generator().manual_seed(seed))[:samples]
-        x, y = pick // n, pick % n
-    h = (wl[x] + wr[y]).relu()
-    out = {}
-    for name in names:
-        R = irrep_by_name(group, name).matrices
-        d = R.shape[-1]
-        M = (h @ torch.einsum("iz,zjk->ijk", wu, R).reshape(len(wu), d * d)).reshape(-1, d, d)
-        out[name] = torch.einsum("pji,pjk,plk->il", R[x], M, R[y]) / len(x)
-    return out
-
-
-def choose_irreps(
-    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, candidates: list[list[str]], centre: Tensor
-) -> tuple[dict[str, Tensor], float]:
-    """Untrusted search: among candidate irrep sets, the fitted Φ̂ (`fit_phi_hat`) whose Fourier slack is positive on
-    the most pairs with the residual's `centre` (ties: fewer matrix entries, the cheaper check), and that fraction.
-    Float64 tables as in `fit_phi_hat` (their products taken as exact: a search, not a proof). Cost one check per
-    candidate."""
-    tables = (Ball.exact(wl), Ball.exact(wr), Ball.exact(wu))
-    best: tuple[float, int, dict[str, Tensor]] = (-1.0, 0, {})
-    for names in candidates:
-        phi_hat = fit_phi_hat(group, wl, wr, wu, names)
-        score = float((fourier_slack(group, tables, phi_hat, centre)[0] > 0).double().mean())
-        size = sum(int(p.shape[0]) ** 2 for p in phi_hat.values())
-        if (score, -size) > (best[0], -best[1]):
-            best = (score, size, phi_hat)
-    return best[2], max(best[0], 0.0)
-
-
-def fit_centre(group: Any, wl: Tensor, wr: Tensor) -> Float[Tensor, "order m"]:
-    """Untrusted search: the residual bound's centre offset a0 (module docstring), per answer z the mean over the
-    pairs with x ⋆ y = z of h - (w_l[x] + w_r[y]) / 2 = |w_l[x] + w_r[y]| / 2, for the float64 tables wl, wr
-    `[order, m]`. Float64 `[order, m]`; cost O(|G|²·m)."""
-    n = len(wl)
-    half = (wl[:, None] + wr[None]).abs_().mul_(0.5).reshape(n * n, -1)
-    return torch.zeros_like(wl).index_add_(0, group.table.flatten(), half) / n  # each answer is n pairs'
 
 
 def fourier_slack(
