@@ -1,7 +1,7 @@
 """The untrusted search for the Fourier check's idealised readout (`fourier_fit`): refining the least-squares Φ̂
 for the count of certified pairs raises the check's bound on a noise-perturbed trained model, the search's own
-count is the check's, the refined bound stays sound (every certified pair correct by brute force), and zero
-steps leave the fit alone."""
+count is the check's, the refined bound stays sound (every certified pair correct by brute force), zero steps
+leave the fit alone, and an empty readout certifies nothing."""
 
 from __future__ import annotations
 
@@ -33,3 +33,4 @@ def test_refined_readout_certifies_more_and_stays_sound(scale):
     assert bool((after <= brute_force(model).certified).all())
     same, _ = refine_phi_hat(group, wl, wr, wu, fitted, centre, steps=0)
     assert all(torch.equal(same[k], fitted[k]) for k in fitted)
+    assert refine_phi_hat(group, wl, wr, wu, {}, centre) == ({}, 0.0)  # no irreps: nothing to refine or certify

@@ -77,6 +77,8 @@ def refine_phi_hat(
     Cost one check, 2·|G|²·m·Σ d² once, and O(|G|²·Σ d²) per step."""
     n, e = group.order, group.identity
     names = sorted(phi_hat)
+    if not names:  # no idealised part: the check certifies nothing, whatever the search does
+        return {}, 0.0
     slack0 = fourier_slack(group, (Ball.exact(wl), Ball.exact(wr), Ball.exact(wu)), phi_hat, centre)[0].flatten()
     x, y = _pairs(n)
     target = [_rotated(group, wl, wr, wu, name, x, y).flatten(1) for name in names]  # [n², d²] each
