@@ -70,9 +70,9 @@ class Explanation(Artifact):
     neuron (`assign`, int64 `[n, 4]`: circuit, neuron, a index, b index) its scale `lam` (`[n]`) and its share
     `share` (`[n]`) of its pair's readout (normalised per pair by the verifier); and the idealised bi-equivariant
     readout, `phi_irreps` (chosen by `explain`) with one matrix Φ̂ `phi_hat[k]` (`[d, d]`) each, the least-squares
-    fit of the network's logits (`fourier_bound.fit_phi_hat`) that `rho_set(..., deviation="fourier")` certifies
-    against, and that check's residual centre offset `centre` (`[order, m]`, one row per answer z:
-    `fourier_bound.fit_centre`)."""
+    fit of the network's logits refined for the number of pairs certified (`fourier_fit.fit_phi_hat`,
+    `fourier_fit.refine_phi_hat`) that `rho_set(..., deviation="fourier")` certifies against, and that check's
+    residual centre offset `centre` (`[order, m]`, one row per answer z: `fourier_fit.fit_centre`)."""
 
     group: str
     irreps: list[str]
@@ -133,8 +133,9 @@ def explain(
 ) -> Explanation:
     """Irrep sparsity, coset concentration and ρ-set circuits of a `GroupMLP` (module docstring), and the fitted
     idealised readout Φ̂ (`choose_irreps`: in the circuits' irreps or the leading irreps of the readout, whichever
-    the Fourier check certifies more pairs with; `settings["fourier_estimate"]`); cost O(|G|²·m) for the Fourier
-    transforms and the coset scan, plus one Fourier check per candidate irrep set."""
+    the Fourier check certifies more pairs with, each least-squares fit refined for that count; `settings[
+    "fourier_estimate"]`); cost O(|G|²·m) for the Fourier transforms and the coset scan, plus one Fourier check and
+    one refinement (`fourier_fit.refine_phi_hat`) per candidate irrep set."""
     group, wl, wr, wu = model_tables(model)
     names = [r.name for r in irreps(group)]
     pl, pr, pu = irrep_power(wl, group), irrep_power(wr, group), irrep_power(wu.T, group)
