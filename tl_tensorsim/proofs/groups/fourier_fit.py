@@ -38,12 +38,12 @@ def _pairs(n: int, samples: int | None = None, seed: int = 0) -> tuple[Tensor, T
     return pick // n, pick % n
 
 
-def _rotated(group: Any, wl: Tensor, wr: Tensor, wu: Tensor, name: str, x: Tensor, y: Tensor) -> Tensor:
-    """ρ(x)ᵀ M_ρ(x, y) ρ(y)ᵀ `[pairs, d, d]` for the pairs (x, y): the matrix a bi-equivariant Φ̂_ρ should match,
-    with M_ρ = h · Ŵ_ρ the pair's logits read in irrep ρ. Cost 2·pairs·m·d² + 4·pairs·d³."""
+def _rotated(group: Any, h: Tensor, wu: Tensor, name: str, x: Tensor, y: Tensor) -> Tensor:
+    """ρ(x)ᵀ M_ρ(x, y) ρ(y)ᵀ `[pairs, d, d]` for the pairs (x, y) with hidden layer h `[pairs, m]`: the matrix a
+    bi-equivariant Φ̂_ρ should match, with M_ρ = h · Ŵ_ρ the pair's logits read in irrep ρ. Cost 2·pairs·m·d² +
+    4·pairs·d³."""
     R = irrep_by_name(group, name).matrices
     d = R.shape[-1]
-    h = (wl[x] + wr[y]).relu()
     M = (h @ torch.einsum("iz,zjk->ijk", wu, R).reshape(len(wu), d * d)).reshape(-1, d, d)
     return torch.einsum("pji,pjk,plk->pil", R[x], M, R[y])
 
@@ -55,7 +55,8 @@ def fit_phi_hat(
     Σ ‖E_ρ‖_F² for orthogonal ρ), estimated on `samples` random pairs (all of them when fewer). Float64 tables
     `[order, m]`, `[order, m]`, `[m, order]`. Cost 2·samples·m·Σ d²."""
     x, y = _pairs(group.order, samples, seed)
-    return {name: _rotated(group, wl, wr, wu, name, x, y).mean(0) for name in names}
+    h = (wl[x] + wr[y]).relu()  # one hidden layer for every irrep
+    return {name: _rotated(group, h, wu, name, x, y).mean(0) for name in names}
 
 
 def refine_phi_hat(
@@ -81,7 +82,8 @@ def refine_phi_hat(
         return {}, 0.0
     slack0 = fourier_slack(group, (Ball.exact(wl), Ball.exact(wr), Ball.exact(wu)), phi_hat, centre)[0].flatten()
     x, y = _pairs(n)
-    target = [_rotated(group, wl, wr, wu, name, x, y).flatten(1) for name in names]  # [n², d²] each
+    h = (wl[x] + wr[y]).relu()
+    target = [_rotated(group, h, wu, name, x, y).flatten(1) for name in names]  # [n², d²] each
     tables = [_irrep_tables(group, irrep_by_name(group, name)) for name in names]
     entries = [t[1].mid for t in tables]  # [n, d²]: ρ̂(g)
     weight = [float(t[0].mid) for t in tables]  # c_ρ
