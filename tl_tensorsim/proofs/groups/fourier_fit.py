@@ -69,12 +69,14 @@ def refine_phi_hat(
     steps: int = REFINE_STEPS,
     lr: float = 0.02,
     patience: int = 40,
+    hidden: Tensor | None = None,
 ) -> tuple[dict[str, Float[Tensor, "d d"]], float]:
     """Φ̂ moved by `steps` Adam steps (learning rate `lr` times Φ̂'s RMS entry) on the mean of softplus(-s / τ) over
     all pairs, where s(Φ̂) is the Fourier check's slack with its Φ̂-free residual terms held fixed (module
     docstring) and τ a tenth of the mean |s| at the start, stopping early after `patience` steps without a gain;
     returns the Φ̂ whose s is positive on the most pairs (`phi_hat` itself when no step beats it) and that fraction
-    of pairs. Float64 tables as in `fit_phi_hat`.
+    of pairs. Float64 tables as in `fit_phi_hat`; `hidden`: the hidden layer of all pairs `[|G|², m]` (row x·n + y)
+    when the caller has it (`choose_irreps` forms it once for every candidate), else formed here.
     Cost one check, 2·|G|²·m·Σ d² once, and O(|G|²·Σ d²) per step."""
     n, e = group.order, group.identity
     names = sorted(phi_hat)
@@ -82,7 +84,7 @@ def refine_phi_hat(
         return {}, 0.0
     slack0 = fourier_slack(group, (Ball.exact(wl), Ball.exact(wr), Ball.exact(wu)), phi_hat, centre)[0].flatten()
     x, y = _pairs(n)
-    h = (wl[x] + wr[y]).relu()
+    h = (wl[x] + wr[y]).relu() if hidden is None else hidden
     target = [_rotated(group, h, wu, name, x, y).flatten(1) for name in names]  # [n², d²] each
     tables = [_irrep_tables(group, irrep_by_name(group, name)) for name in names]
     entries = [t[1].mid for t in tables]  # [n, d²]: ρ̂(g)
@@ -133,11 +135,14 @@ def choose_irreps(
     positive on the most pairs with the residual's `centre` (ties: fewer matrix entries, the cheaper check), and
     that fraction. Float64 tables as in `fit_phi_hat`. Cost one refinement per candidate."""
     best: tuple[float, int, dict[str, Tensor]] = (-1.0, 0, {})
+    x, y = _pairs(group.order)
+    hidden = (wl[x] + wr[y]).relu()  # every pair's hidden layer, shared by the candidates' refinements
     for names in candidates:
         size = sum(irrep_by_name(group, name).dim ** 2 for name in names)
         if best[0] == 1.0 and size >= best[1]:
             continue  # it cannot beat a Φ̂ that certifies every pair with fewer entries
-        phi_hat, score = refine_phi_hat(group, wl, wr, wu, fit_phi_hat(group, wl, wr, wu, names), centre, steps)
+        fit = fit_phi_hat(group, wl, wr, wu, names)
+        phi_hat, score = refine_phi_hat(group, wl, wr, wu, fit, centre, steps, hidden=hidden)
         if (score, -size) > (best[0], -best[1]):
             best = (score, size, phi_hat)
     return best[2], max(best[0], 0.0)
