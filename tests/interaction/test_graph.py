@@ -123,3 +123,10 @@ def test_bad_input(setup):
         node_ablation(basis, model, data, metric, node="output", keep=[1])
     with pytest.raises(ValueError, match="metric"):
         node_ablation(basis, model, data, lambda logits, idx: logits.sum(), node=0, keep=[1])
+    for fn in (edge_ablation, node_ablation):  # a one-argument metric is refused before any forward pass
+        args = (graph, basis) if fn is edge_ablation else (basis,)
+        kwargs = {} if fn is edge_ablation else {"node": 0, "keep": [1]}
+        with pytest.raises(TypeError, match=r"metric: .*cannot take two arguments.*lambda logits, index"):
+            fn(*args, model, data, lambda logits: logits.sum(), **kwargs)
+    with pytest.raises(TypeError, match="metric: expected a callable"):
+        node_ablation(basis, model, data, "accuracy", node=0, keep=[1])

@@ -16,6 +16,7 @@ labels indexed by `index`, the rows of `data`); results are means over `data`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,23 @@ class AblationCurve(Artifact):
         return fig
 
 
+def _check_metric(metric: Any) -> Metric:
+    """`metric` if it is a callable that accepts `(logits, index)`, else a `TypeError` naming it (before any work)."""
+    if not callable(metric):
+        raise TypeError(f"metric: expected a callable metric(logits, index) -> scores [batch]; got {metric!r}")
+    try:
+        inspect.signature(metric).bind(None, None)
+    except TypeError as exc:
+        raise TypeError(
+            f"metric: expected a callable metric(logits [batch, pos, d_vocab], index [batch]) -> scores [batch] "
+            f"(index: the rows of data in the batch, e.g. to look up labels); {metric!r} cannot take two "
+            f"arguments ({exc}). Hint: wrap it, `lambda logits, index: f(logits)`"
+        ) from None
+    except ValueError:  # no signature to read (some builtins): let the call decide
+        pass
+    return metric
+
+
 def _mean_metric(metric: Metric, logits: Tensor, index: Tensor) -> float:
     scores = metric(logits, index)
     if not isinstance(scores, Tensor) or scores.shape != (len(index),):
@@ -89,6 +107,7 @@ def _mean_metric(metric: Metric, logits: Tensor, index: Tensor) -> float:
 
 def clean_metric(model: ModelLike, data: Int[Tensor, "batch pos"], metric: Metric, batch_size: int = 256) -> float:
     """The metric of the unmodified model, averaged over `data`."""
+    _check_metric(metric)
     view = as_view(model)
     tokens = _check_tokens(view, data, "data")
     total = 0.0
@@ -113,6 +132,7 @@ def node_ablation(
     """The metric with node layer `node` projected on its top-k directions, for each k in `keep` (module
     docstring); runs through `tl_tensorsim.hooks.rotate(basis.node(node, which), keep=k)`."""
     check_choice(which, ("ib", "pca"), "which")
+    _check_metric(metric)
     view = as_view(model)
     tokens = _check_tokens(view, data, "data")
     l = basis.index(node)
@@ -210,6 +230,7 @@ def edge_ablation(
         raise ValueError("graph: was not computed from this basis (node layers or sizes differ)")
     if not float(tolerance) >= 0:
         raise ValueError(f"tolerance: expected a float >= 0; got {tolerance!r}")
+    _check_metric(metric)
     view = as_view(model)
     tokens = _check_tokens(view, data, "data")
     sections.check_node_layers(view, basis.node_layers, _last_from(basis))
