@@ -25,6 +25,7 @@ GROUPS = [symmetric(3), symmetric(4), symmetric(5), alternating(4), alternating(
 @pytest.mark.parametrize("G", GROUPS, ids=lambda g: g.name)
 def test_irreps_are_orthogonal_homomorphisms_and_complete(G):
     reps = irreps(G)
+    assert G.irreps() is reps  # the method and the function are one (cached) list
     for r in reps:
         m = r.matrices
         assert m.dtype == torch.float64

@@ -99,6 +99,13 @@ class Group:
                 classes.append(cls)
         return classes
 
+    def irreps(self) -> list[Any]:
+        """Every real irreducible representation, orthogonal float64 `[order, d, d]`, named (partitions for S_n):
+        `tl_tensorsim.proofs.groups.irreps(self)` (module `irreps`, which builds on this one; cached)."""
+        from tl_tensorsim.proofs.groups.irreps import irreps  # irreps.py imports this module: bound at call time
+
+        return irreps(self)
+
     def real_classes(self) -> list[list[int]]:
         """The classes C ∪ C⁻¹ (conjugacy classes merged with their inverses): as many as real irreps."""
         out, seen = [], set()
