@@ -26,6 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,16 +111,27 @@ def _table(name: str) -> Tensor:
 
 
 class GroupMLP(HookedRootModule):
-    """Chughtai's one-hidden-layer MLP on pairs of group elements (module docstring). `cfg` a `GroupMLPConfig`;
-    `table` (int64 `[order, order]`) the group's multiplication table, the labels. Parameters `embed_left`,
-    `embed_right` `[order, d_embed]`, `W` `[2·d_embed, d_hidden]`, `W_U` `[d_hidden, order]`."""
+    """Chughtai's one-hidden-layer MLP on pairs of group elements (module docstring). `cfg` a `GroupMLPConfig`
+    (or a dict of its fields), or the group itself: a name ("S5") or a `Group` (`GroupMLP(symmetric(5),
+    d_embed=256, d_hidden=128)`, keywords as in `GroupMLPConfig`). `table` (int64 `[order, order]`) the group's
+    multiplication table, the labels (default: the group's). Parameters `embed_left`, `embed_right`
+    `[order, d_embed]`, `W` `[2·d_embed, d_hidden]`, `W_U` `[d_hidden, order]`."""
 
-    def __init__(self, cfg: GroupMLPConfig | dict, table: Tensor | None = None):
+    def __init__(self, cfg: GroupMLPConfig | dict | str | Any, table: Tensor | None = None, **fields: Any):
         super().__init__()
+        if hasattr(cfg, "table") and hasattr(cfg, "name"):  # a Group: its name, and its table unless one is given
+            table = cfg.table if table is None else table
+            cfg = cfg.name
+        if isinstance(cfg, str):
+            cfg = GroupMLPConfig(group=cfg, **fields)
+        elif fields:
+            raise TypeError(f"GroupMLP: keywords {sorted(fields)} go with a group (name or Group), not with a config")
         if isinstance(cfg, dict):
             cfg = GroupMLPConfig.from_dict(cfg)
         if not isinstance(cfg, GroupMLPConfig):
-            raise TypeError(f"cfg: expected a GroupMLPConfig or dict; got {type(cfg).__name__}")
+            raise TypeError(
+                f"cfg: expected a GroupMLPConfig, a dict, a group name or a Group; got {type(cfg).__name__}"
+            )
         self.cfg = cfg
         if table is None:
             table = _table(cfg.group)

@@ -9,6 +9,7 @@ import torch
 
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig, all_pairs
+from tl_tensorsim.proofs.groups import symmetric
 
 
 def test_forward_hooks_and_folded_tables():
@@ -25,6 +26,14 @@ def test_forward_hooks_and_folded_tables():
         model(torch.tensor([[0, 1, 2]]))
     with pytest.raises(ValueError, match="recipe"):
         GroupMLPConfig(recipe="slow")
+    for same in (
+        GroupMLP(symmetric(3), d_embed=16, d_hidden=8, seed=1),
+        GroupMLP("S3", d_embed=16, d_hidden=8, seed=1),
+    ):
+        assert same.cfg == model.cfg and torch.equal(same.table, model.table)
+        assert all(torch.equal(a, b) for a, b in zip(same.parameters(), model.parameters()))
+    with pytest.raises(TypeError, match="keywords"):
+        GroupMLP(model.cfg, d_hidden=4)
 
 
 def test_training_is_seeded_and_saves(tmp_path):
