@@ -31,10 +31,10 @@ def _block(first_line: str) -> str:
 )
 def test_readme_example_runs(first_line, expect, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write their plots to the working folder
-    namespace: dict = {}
-    exec(compile(PRELUDE + _block(first_line), f"README.md ({first_line})", "exec"), namespace)
+    code, namespace = _block(first_line), {}
+    exec(compile(PRELUDE + code, f"README.md ({first_line})", "exec"), namespace)
     for name, shape in expect.items():
         assert tuple(namespace[name].shape) == shape, name
     for name in ("frontier.png", "a5_rho_sets.png"):
-        if name in _block(first_line):
+        if name in code:
             assert (tmp_path / name).stat().st_size > 0, name

@@ -49,13 +49,21 @@ def _rotated(group: Any, h: Tensor, wu: Tensor, name: str, x: Tensor, y: Tensor)
 
 
 def fit_phi_hat(
-    group: Any, wl: Tensor, wr: Tensor, wu: Tensor, names: list[str], samples: int = 4096, seed: int = 0
+    group: Any,
+    wl: Tensor,
+    wr: Tensor,
+    wu: Tensor,
+    names: list[str],
+    samples: int = 4096,
+    seed: int = 0,
+    hidden: Tensor | None = None,
 ) -> dict[str, Float[Tensor, "d d"]]:
     """Per irrep, the least-squares bi-equivariant Φ̂_ρ = mean over pairs of ρ(x)ᵀ M_ρ(x, y) ρ(y)ᵀ (which minimises
     Σ ‖E_ρ‖_F² for orthogonal ρ), estimated on `samples` random pairs (all of them when fewer). Float64 tables
-    `[order, m]`, `[order, m]`, `[m, order]`. Cost 2·samples·m·Σ d²."""
+    `[order, m]`, `[order, m]`, `[m, order]`; `hidden` as in `refine_phi_hat` (its sampled rows are read).
+    Cost 2·samples·m·Σ d²."""
     x, y = _pairs(group.order, samples, seed)
-    h = (wl[x] + wr[y]).relu()  # one hidden layer for every irrep
+    h = (wl[x] + wr[y]).relu() if hidden is None else hidden[x * group.order + y]  # one hidden layer, every irrep
     return {name: _rotated(group, h, wu, name, x, y).mean(0) for name in names}
 
 
@@ -141,7 +149,7 @@ def choose_irreps(
         size = sum(irrep_by_name(group, name).dim ** 2 for name in names)
         if best[0] == 1.0 and size >= best[1]:
             continue  # it cannot beat a Φ̂ that certifies every pair with fewer entries
-        fit = fit_phi_hat(group, wl, wr, wu, names)
+        fit = fit_phi_hat(group, wl, wr, wu, names, hidden=hidden)
         phi_hat, score = refine_phi_hat(group, wl, wr, wu, fit, centre, steps, hidden=hidden)
         if (score, -size) > (best[0], -best[1]):
             best = (score, size, phi_hat)
