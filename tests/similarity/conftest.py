@@ -1,28 +1,39 @@
-"""Float64 HookedTransformer fixtures and brute-force (materialised) circuits for the similarity tests."""
+"""Float64 model fixtures and brute-force (materialised) circuits for the similarity tests: HookedTransformers
+where TransformerLens has them, native TransformerBridges otherwise (4.x), so that the suite runs on either."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 
 import tl_tensorsim as ts
-from tests.conftest import skip_without_hooked_transformer
+from tests.conftest import HAS_HOOKED_TRANSFORMER
 
 CFG = dict(n_layers=2, d_model=24, n_ctx=6, d_head=6, n_heads=3, d_mlp=32, d_vocab=40, act_fn="gelu_new")
 
 
 def f64_model(seed: int = 0, **overrides):
-    """A random float64 HookedTransformer (2 layers x 3 heads) with non-trivial biases and LayerNorm."""
-    skip_without_hooked_transformer()  # TransformerLens 4.x: the test using it skips, with the reason
+    """A random float64 model (2 layers x 3 heads) with non-trivial biases and LayerNorm: a HookedTransformer, or a
+    native TransformerBridge where TransformerLens has no HookedTransformer (its weights cast to float64)."""
+    gen = torch.Generator().manual_seed(seed + 100)
+    if not HAS_HOOKED_TRANSFORMER:
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            view = ts.ModelView.build({**CFG, **overrides}, backend="bridge")
+        view.model.to(torch.float64)
+        state = view.refresh().state_dict()
+        for name in sorted(state):
+            if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or ".ln" in name:
+                state[name] = state[name] + 0.1 * torch.randn(state[name].shape, generator=gen, dtype=torch.float64)
+        return view.load_state_dict(state).model.eval()
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = HookedTransformer(HookedTransformerConfig(**{**CFG, **overrides}, seed=seed, dtype=torch.float64))
-    gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or ".ln" in name:
@@ -31,18 +42,18 @@ def f64_model(seed: int = 0, **overrides):
 
 
 def with_weights(model, **weights):
-    """A deep copy of `model` with stacked weights replaced (`W_Q=[L,H,d,r]`, `W_E=[V,d]`, ...)."""
-    model = copy.deepcopy(model)
+    """A deep copy of `model` with stacked weights replaced (`W_Q=[L,H,d,r]`, `W_E=[V,d]`, ...), either class."""
     keys = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U"}
-    with torch.no_grad():
-        for name, w in weights.items():
-            if name in keys:
-                model.get_parameter(keys[name]).copy_(w)
-            else:
-                for layer, block in enumerate(model.blocks):
-                    module = block.mlp if name in ("W_in", "W_out", "b_out") else block.attn
-                    getattr(module, name).copy_(w[layer])
-    return model
+    view = ts.as_view(model).copy()
+    state = view.state_dict()
+    for name, w in weights.items():
+        if name in keys:
+            state[keys[name]] = w
+        else:
+            part = "mlp" if name in ("W_in", "W_out", "b_out") else "attn"
+            for layer in range(view.cfg.n_layers):
+                state[f"blocks.{layer}.{part}.{name}"] = w[layer]
+    return view.load_state_dict(state).model
 
 
 def circuits(model, circuit: str, level: str, n_pos: int | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tl_tensorsim as ts
+from tests.conftest import needs_hooked_transformer
 from tests.similarity.conftest import gauge
 from tl_tensorsim.similarity import behavioral_similarity, head_outputs, head_similarity, raw_weight_similarity
 
@@ -31,6 +32,7 @@ def test_raw_weight_cosine_is_cosine_of_concatenated_weights(pair64, circuit):
     )
 
 
+@needs_hooked_transformer  # a native bridge's AttentionBridge has no per-head hook_result
 def test_head_outputs_match_hook_result(pair64, tokens):
     a = pair64[0]
     a.set_use_attn_result(True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.conftest import needs_hooked_transformer
 from tests.similarity.conftest import CFG, circuits, f64_model
 from tl_tensorsim.similarity import CheckpointSimilarity, checkpoint_similarity, head_similarity
 
@@ -92,6 +93,7 @@ def test_state_dict_files_loaded_into_a_config(run, tmp_path):
         checkpoint_similarity(paths[:1], "QK", model={**config, "d_mlp": 16}, progress=False)
 
 
+@needs_hooked_transformer  # the loader boundary patched is HookedTransformer.from_pretrained
 def test_model_name_loads_one_checkpoint_at_a_time(run, monkeypatch):
     """The TransformerLens loader boundary is replaced by local models; nothing is downloaded (any network
     connection in this test raises)."""
@@ -151,6 +153,7 @@ def test_errors(run):
         checkpoint_similarity(run, pairs="some", progress=False)
 
 
+@needs_hooked_transformer  # `process_weights_` is HookedTransformer's
 def test_processing_mismatch_across_checkpoints_warns(run):
     import copy
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tl_tensorsim as ts
-from tests.conftest import make_bridge
+from tests.conftest import make_bridge, needs_hooked_transformer, skip_without_hooked_transformer
 from tests.similarity.conftest import f64_model
 from tl_tensorsim.similarity import checkpoint_similarity, head_similarity
 
@@ -37,6 +37,7 @@ def _quiet(fn, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def raw():
+    skip_without_hooked_transformer()  # the tests that use it process HookedTransformer copies
     return f64_model(5)
 
 
@@ -59,6 +60,7 @@ def test_raw_and_processed_copies_agree_with_fold(raw, flags, circuit, level, po
     assert folded.settings["fold"] is True
 
 
+@needs_hooked_transformer  # `process_weights_` is HookedTransformer's
 def test_rms_norm_gains_are_folded_without_centring():
     raw = f64_model(6, normalization_type="RMS")
     processed = _processed(raw, {})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tl_tensorsim as ts
+from tests.conftest import needs_hooked_transformer
 from tests.similarity.conftest import CFG, brute_cosine, circuits, f64_model
 from tl_tensorsim.similarity import HeadSimilarity, head_similarity
 
@@ -69,6 +70,7 @@ def test_warns_when_models_were_processed_differently(model_pair, compat_pair):
     assert not _processing_warnings(lambda: head_similarity(processed_ht, compat_pair[1], "OV", "token"))
 
 
+@needs_hooked_transformer  # `process_weights_` with these options is HookedTransformer's
 def test_processing_changes_the_circuits_and_refactor_keeps_them():
     """fold_ln / center_writing_weights change OV; refactor_factored_attn_matrices keeps QK and OV."""
     import copy
