@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tl_tensorsim as ts
+from tests.conftest import SMALL, needs_hooked_transformer
 from tl_tensorsim.adapter import WEIGHT_NAMES
 
 NAMES = [n for n in WEIGHT_NAMES if n != "W_gate"]
@@ -25,17 +26,21 @@ def test_weights_identical_on_both_classes(pair, request):
     assert torch.allclose(a.QK.AB, b.QK.AB, atol=1e-6)
 
 
-def test_weight_stacks_straight_into_a_dtype(model_pair):
-    view = ts.ModelView(model_pair[0])
+def test_weight_stacks_straight_into_a_dtype(model):
+    view = ts.ModelView(model)
     for name in ("W_Q", "W_O", "W_E"):
         w = view.weight(name, torch.float64)
         assert w.dtype == torch.float64 and torch.equal(w, view.weight(name).double()), name
 
 
-def test_config_identical_and_shapes(model_pair):
+def test_config_identical_on_both_classes(model_pair):
     a, b = (ts.ModelView(m) for m in model_pair)
     keys = ["n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "attn_only", "act_fn"]
     assert {k: getattr(a.cfg, k) for k in keys} == {k: getattr(b.cfg, k) for k in keys}
+
+
+def test_weight_shapes_in_transformer_lens_layout(model):
+    a = ts.ModelView(model)
     c = a.cfg
     assert a.W_Q.shape == (c.n_layers, c.n_heads, c.d_model, c.d_head)
     assert a.W_O.shape == (c.n_layers, c.n_heads, c.d_head, c.d_model)
@@ -55,24 +60,38 @@ def test_processing_is_read_off_the_model(model_pair, compat_pair):
         assert p["fold_ln"] and p["center_writing_weights"] and p["center_unembed"], p
 
 
+def test_processing_is_read_off_a_bridge():
+    """The same on a bridge alone (TransformerLens 4.x has no HookedTransformer to pair it with)."""
+    import warnings
+
+    from tests.conftest import make_bridge
+
+    bridge = make_bridge(1)
+    p = ts.ModelView(bridge).processing()
+    assert not p["fold_ln"] and not p["center_writing_weights"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    p = ts.ModelView(bridge).processing()
+    assert p["fold_ln"] and p["center_writing_weights"] and p["center_unembed"], p
+
+
 def test_unsupported_object_names_what_is_supported():
     with pytest.raises(TypeError, match="HookedTransformer.*TransformerBridge"):
         ts.ModelView(torch.nn.Linear(3, 3))
 
 
-def test_unknown_hook_name_lists_nearest(model_pair):
-    view = ts.ModelView(model_pair[0])
+def test_unknown_hook_name_lists_nearest(model):
+    view = ts.ModelView(model)
     assert view.check_hook_name("blocks.1.hook_resid_post") == "blocks.1.hook_resid_post"
     with pytest.raises(ValueError, match=r"blocks\.1\.hook_resid_post"):
         view.check_hook_name("blocks.1.hook_resid_pots")
     assert view.hook_layer("blocks.1.attn.hook_z") == 1 and view.hook_layer("hook_embed") is None
 
 
-def test_unknown_weight_and_missing_mlp():
-    from tests.conftest import make_model_pair
-
-    ht, _ = make_model_pair(attn_only=True, n_layers=1)
-    view = ts.ModelView(ht)
+@pytest.mark.parametrize("backend", [pytest.param("hooked", marks=needs_hooked_transformer), "bridge"])
+def test_unknown_weight_and_missing_mlp(backend):
+    view = ts.ModelView.build({**SMALL, "attn_only": True, "n_layers": 1}, backend=backend)
     with pytest.raises(ValueError, match="W_in"):
         _ = view.W_in
     with pytest.raises(ValueError, match="weight name"):
@@ -98,9 +117,7 @@ def test_no_module_imports_hookedtransformer_at_module_level():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("which", [0, 1])
-def test_feature_shape_matches_the_cache(model_pair, which):
-    model = model_pair[which]
+def test_feature_shape_matches_the_cache(model):
     view = ts.ModelView(model)
     names = [
         "blocks.0.hook_resid_pre",

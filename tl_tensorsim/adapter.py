@@ -133,6 +133,8 @@ class ModelView:
         if self._params is None:
             if self.kind == "TransformerBridge":
                 raw = self.model.tl_parameters()
+                if self.cfg.attn_only:  # bridges list all-zero MLP weights for attention-only models: it has none
+                    raw = {k: v for k, v in raw.items() if ".mlp." not in k}
             else:
                 raw = self.model.state_dict()
             self._params = {k: v.detach() for k, v in raw.items()}
