@@ -148,3 +148,23 @@ def test_non_polynomial_models_are_rejected():
         tensor_similarity(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="layer"):
         extract_mlp(a, 5)
+
+
+def test_non_polynomial_bridges_are_rejected():
+    """The same scope guard on TransformerBridges (the only class TransformerLens 4.x has)."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = {k: v for k, v in SMALL.items() if k != "dtype"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bilinear = TransformerBridge.boot_native(bilinear_config(bridge=True, **cfg))
+        gelu = TransformerBridge.boot_native(TransformerBridgeConfig(**cfg, act_fn="gelu", normalization_type="LN"))
+    with pytest.raises(NotPolynomialError, match="softmax attention"):
+        tensor_similarity(bilinear, bilinear)
+    with pytest.raises(NotPolynomialError, match="LayerNorm"):
+        tensor_similarity(gelu, gelu)
+    with pytest.raises(NotPolynomialError, match="not bilinear"):
+        extract_mlp(gelu, 0)
+    with pytest.raises(ValueError, match="layer"):
+        extract_mlp(bilinear, 5)
