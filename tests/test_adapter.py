@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 import tl_tensorsim as ts
-from tests.conftest import SMALL, needs_hooked_transformer
+from tests.conftest import SMALL, make_bridge, needs_hooked_transformer
 from tl_tensorsim.adapter import WEIGHT_NAMES
 
 NAMES = [n for n in WEIGHT_NAMES if n != "W_gate"]
@@ -62,10 +64,6 @@ def test_processing_is_read_off_the_model(model_pair, compat_pair):
 
 def test_processing_is_read_off_a_bridge():
     """The same on a bridge alone (TransformerLens 4.x has no HookedTransformer to pair it with)."""
-    import warnings
-
-    from tests.conftest import make_bridge
-
     bridge = make_bridge(1)
     p = ts.ModelView(bridge).processing()
     assert not p["fold_ln"] and not p["center_writing_weights"]

