@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import needs_hooked_transformer
+from tests.conftest import HAS_HOOKED_TRANSFORMER, needs_hooked_transformer
 from tests.similarity.conftest import CFG, circuits, f64_model
 from tl_tensorsim.similarity import CheckpointSimilarity, checkpoint_similarity, head_similarity
 
@@ -93,9 +93,9 @@ def test_state_dict_files_loaded_into_a_config(run, tmp_path):
         checkpoint_similarity(paths[:1], "QK", model={**config, "d_mlp": 16}, progress=False)
 
 
-@needs_hooked_transformer  # the loader boundary patched is HookedTransformer.from_pretrained
 def test_model_name_loads_one_checkpoint_at_a_time(run, monkeypatch):
-    """The TransformerLens loader boundary is replaced by local models; nothing is downloaded (any network
+    """The TransformerLens loader boundary (`HookedTransformer.from_pretrained`, or on 4.x
+    `TransformerBridge.boot_transformers`) is replaced by local models; nothing is downloaded (any network
     connection in this test raises)."""
     import socket
 
@@ -118,7 +118,12 @@ def test_model_name_loads_one_checkpoint_at_a_time(run, monkeypatch):
         alive.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained", staticmethod(fake_from_pretrained))
+    if HAS_HOOKED_TRANSFORMER:
+        monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained", staticmethod(fake_from_pretrained))
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(fake_from_pretrained))
     res = checkpoint_similarity(
         "pythia-70m", "OV", checkpoint_indices=[0, 5, 11, 23], from_pretrained_kwargs={"fold_ln": False}, progress=False
     )

@@ -58,14 +58,18 @@ def checkpoint_steps(name: str, indices: Sequence[int]) -> list[int]:
     """Training steps of checkpoint `indices` of a Pythia / stanford-crfm run (TransformerLens' label table, no
     download); the indices themselves when the table is unavailable."""
     try:
-        from transformer_lens.loading_from_pretrained import get_checkpoint_labels, get_official_model_name
+        try:  # TransformerLens 2.x / 3.x
+            from transformer_lens.loading_from_pretrained import get_checkpoint_labels, get_official_model_name
+        except ImportError:  # 4.x moved both
+            from transformer_lens.supported_models import get_official_model_name
+            from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
 
         official = get_official_model_name(name)
         if not official.startswith(("EleutherAI/pythia", "stanford-crfm/")):  # others list files on the hub
             return list(indices)
         labels, _ = get_checkpoint_labels(official)
         return [int(labels[i]) for i in indices]
-    except Exception:  # TransformerLens 4 layout, or an unknown name: index order is still correct
+    except Exception:  # an unknown name, or another TransformerLens layout: index order is still correct
         return list(indices)
 
 
