@@ -17,28 +17,18 @@ CFG = dict(n_layers=2, d_model=24, n_ctx=6, d_head=6, n_heads=3, d_mlp=32, d_voc
 def f64_model(seed: int = 0, **overrides):
     """A random float64 model (2 layers x 3 heads) with non-trivial biases and LayerNorm: a HookedTransformer, or a
     native TransformerBridge where TransformerLens has no HookedTransformer (its weights cast to float64)."""
-    gen = torch.Generator().manual_seed(seed + 100)
-    if not HAS_HOOKED_TRANSFORMER:
-        torch.manual_seed(seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            view = ts.ModelView.build({**CFG, **overrides}, backend="bridge")
-        view.model.to(torch.float64)
-        state = view.refresh().state_dict()
-        for name in sorted(state):
-            if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or ".ln" in name:
-                state[name] = state[name] + 0.1 * torch.randn(state[name].shape, generator=gen, dtype=torch.float64)
-        return view.load_state_dict(state).model.eval()
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+    torch.manual_seed(seed)
+    backend = "hooked" if HAS_HOOKED_TRANSFORMER else "bridge"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = HookedTransformer(HookedTransformerConfig(**{**CFG, **overrides}, seed=seed, dtype=torch.float64))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or ".ln" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model.eval()
+        view = ts.ModelView.build({**CFG, **overrides, "seed": seed, "dtype": torch.float64}, backend=backend)
+        view.model.to(torch.float64)
+    state = view.refresh().state_dict()
+    gen = torch.Generator().manual_seed(seed + 100)
+    for name in sorted(state):
+        if name.endswith(("b_Q", "b_K", "b_V", "b_O")) or ".ln" in name:
+            state[name] = state[name] + 0.1 * torch.randn(state[name].shape, generator=gen, dtype=torch.float64)
+    return view.load_state_dict(state).model.eval()
 
 
 def with_weights(model, **weights):
