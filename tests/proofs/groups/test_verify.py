@@ -13,7 +13,16 @@ import tl_tensorsim as ts
 from tests.proofs.groups.factories import handbuilt, tetra_circuits
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.models.group_mlp import GroupMLP, GroupMLPConfig, all_pairs
-from tl_tensorsim.proofs.groups import Explanation, brute_force, explain, explanation_rank, group_by_name, rho_set
+from tl_tensorsim.proofs.groups import (
+    Explanation,
+    brute_force,
+    coset,
+    explain,
+    explanation_rank,
+    group_by_name,
+    irrep,
+    rho_set,
+)
 
 
 def correct(model):
@@ -138,6 +147,17 @@ def test_explanation_of_s4_and_round_trip(s4_explained, s4, tmp_path):
     assert torch.equal(back.centre, expl.centre)
     with pytest.raises(TypeError, match="explanation"):
         rho_set(s4, "not an explanation")
+
+
+@pytest.mark.parametrize("deviation", ["split", "pairwise", "lowrank", "fourier"])
+def test_an_explanation_of_another_width_is_refused_before_any_work(s4, s4_explained, deviation):
+    # an explanation read off a model of the same group but another hidden width names d_hidden, for every
+    # deviation and for both baselines (it used to give a bound of 0, or an error about the residual's centre)
+    narrow = GroupMLP(GroupMLPConfig(group="S4", d_hidden=64))
+    with pytest.raises(ValueError, match="d_hidden=64; got one for d_hidden=128"):
+        rho_set(narrow, s4_explained, deviation=deviation)
+    with pytest.raises(ValueError, match="d_hidden=64"):
+        (irrep if deviation == "split" else coset)(narrow, s4_explained)
 
 
 @pytest.mark.parametrize("name", ["S4", "A5", "S5"])

@@ -32,9 +32,8 @@ import torch
 from torch import Tensor
 
 from tl_tensorsim.proofs.certified import Ball, count_flops
-from tl_tensorsim.proofs.groups.explain import Explanation, coset_concentration
+from tl_tensorsim.proofs.groups.explain import Explanation, check_explanation, coset_concentration
 from tl_tensorsim.proofs.groups.fourier import irrep_bases, project
-from tl_tensorsim.proofs.groups.groups import group_by_name
 from tl_tensorsim.proofs.groups.irreps import irreps
 from tl_tensorsim.proofs.groups.verify import _pairwise_deviation, _result, certified_margins, certified_tables
 from tl_tensorsim.proofs.result import ProofResult
@@ -80,7 +79,7 @@ def irrep(model: Any, explanation: Explanation, threads: int | None = 1) -> Proo
     """Chughtai et al.'s irrep-sparsity explanation as a proof (module docstring): the idealised network keeps
     each neuron's component in its own irrep if that is a key irrep (+ trivial for w_l, w_r), else 0. Cost
     O(|G|·m·Σ d²) for the projections plus O(|G|²·m·|G|) for the margins (above brute force)."""
-    group = _check(model, explanation)
+    group = check_explanation(model, explanation)
     _, wl, wr, wu = certified_tables(model)
     m = wl.shape[1]
     bases = irrep_bases(group)
@@ -109,7 +108,7 @@ def irrep(model: Any, explanation: Explanation, threads: int | None = 1) -> Proo
 def coset(model: Any, explanation: Explanation, threads: int | None = 1) -> ProofResult:
     """Stander et al.'s coset explanation as a proof (module docstring): each coset neuron's w_l, w_r averaged over
     its cosets, readout kept; other neurons zeroed. Cost O(|G|²·m·|G|) (above brute force)."""
-    group = _check(model, explanation)
+    group = check_explanation(model, explanation)
     _, wl, wr, wu = certified_tables(model)
     m = wl.shape[1]
     if explanation.coset_left_order.shape != (m,) or explanation.coset_right_order.shape != (m,):
@@ -133,13 +132,3 @@ def coset(model: Any, explanation: Explanation, threads: int | None = 1) -> Proo
         ir[:, i] = wr_t[group.table[k, :], i].mean(0)  # mean over the right coset Ky
         iu[i] = wu.mid[i]
     return verify_idealised(model, (il, ir, iu), "coset", {"neurons_explained": explained}, threads)
-
-
-def _check(model: Any, explanation: Explanation):
-    if not isinstance(explanation, Explanation):
-        raise TypeError(
-            f"explanation: expected an Explanation (proofs.groups.explain); got {type(explanation).__name__}"
-        )
-    if explanation.group != model.cfg.group:
-        raise ValueError(f"explanation: expected one for group {model.cfg.group}; got one for {explanation.group}")
-    return group_by_name(model.cfg.group)

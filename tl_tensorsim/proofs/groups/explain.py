@@ -19,7 +19,7 @@ from tl_tensorsim.proofs.groups.groups import Group, group_by_name
 from tl_tensorsim.proofs.groups.irreps import irreps
 from tl_tensorsim.proofs.groups.rho_sets import rho_set_circuits
 
-__all__ = ["Explanation", "coset_concentration", "explain", "model_group", "model_tables"]
+__all__ = ["Explanation", "check_explanation", "coset_concentration", "explain", "model_group", "model_tables"]
 
 
 def model_group(model: Any) -> Group:
@@ -28,6 +28,26 @@ def model_group(model: Any) -> Group:
         if not hasattr(model, attr):
             raise TypeError(f"model: expected a GroupMLP (tl_tensorsim.models.group_mlp); got {type(model).__name__}")
     return group_by_name(model.cfg.group)
+
+
+def check_explanation(model: Any, explanation: Any) -> Group:
+    """The model's group, after checking that `explanation` is an `Explanation` read off a model like this one:
+    same group and same hidden width (a TypeError or ValueError naming the argument, the expected and the given
+    value, before any arithmetic)."""
+    group = model_group(model)
+    if not isinstance(explanation, Explanation):
+        raise TypeError(
+            f"explanation: expected an Explanation (proofs.groups.explain); got {type(explanation).__name__}"
+        )
+    if explanation.group != model.cfg.group:
+        raise ValueError(f"explanation: expected one for group {model.cfg.group}; got one for {explanation.group}")
+    width = explanation.neuron_irrep.shape[0]
+    if width != model.cfg.d_hidden:
+        raise ValueError(
+            f"explanation: expected one for a model with d_hidden={model.cfg.d_hidden}; got one for d_hidden={width} "
+            "(explain(model) reads the model you prove)"
+        )
+    return group
 
 
 def model_tables(model: Any) -> tuple[Group, Tensor, Tensor, Tensor]:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from tl_tensorsim.checks import check_choice, checked_int
 from tl_tensorsim.proofs.certified import EPS, Ball, add_flops, column_radius, count_flops, norm_matmul
-from tl_tensorsim.proofs.groups.explain import Explanation, model_group
+from tl_tensorsim.proofs.groups.explain import Explanation, check_explanation, model_group
 from tl_tensorsim.proofs.groups.fourier_bound import fourier_slack
 from tl_tensorsim.proofs.groups.irreps import irrep_by_name
 from tl_tensorsim.proofs.groups.lowrank import explanation_rank, lowrank_slack
@@ -178,12 +178,7 @@ def rho_set(
     check_choice(phi, Idealised, "phi")
     if rank != "auto":
         rank = checked_int(rank, "rank", 0, "an integer >= 0 or 'auto'")
-    if not isinstance(explanation, Explanation):
-        raise TypeError(
-            f"explanation: expected an Explanation (proofs.groups.explain); got {type(explanation).__name__}"
-        )
-    if explanation.group != model.cfg.group:
-        raise ValueError(f"explanation: expected one for group {model.cfg.group}; got one for {explanation.group}")
+    check_explanation(model, explanation)
     if deviation == "fourier" and phi == "fit":
         return _fourier(model, explanation, threads)
     start = time.perf_counter()
