@@ -90,6 +90,20 @@ def check_token_range(tokens: Tensor, argument: str, d_vocab: int, n_ctx: int | 
     return tokens
 
 
+def check_finite(rows: Any, argument: str, hint: str, chunk: int = 2**16, row_ids: Tensor | None = None) -> None:
+    """A ValueError naming the first row of `rows` (a tensor or anything sliced into tensors along dim 0, such as
+    a memory-mapped `ActivationStore`) that holds NaN or ±inf, with `hint`. Reads `chunk` rows at a time, so a
+    memory map is never loaded whole; `row_ids[i]` is the name of row i where `rows` were drawn from a larger array.
+    Cost: one pass over the rows."""
+    n = len(rows)
+    for lo in range(0, n, chunk):
+        bad = ~torch.isfinite(rows[lo : lo + chunk]).flatten(1).all(1)
+        if bad.any():
+            row = lo + int(bad.nonzero()[0])
+            where = f"row {row} (of {n})" if row_ids is None else f"row {int(row_ids[row])} (one of {n} drawn)"
+            raise ValueError(f"{argument}: expected finite values; {where} holds NaN or inf ({hint})")
+
+
 def output_indices(output: int | Sequence[int] | None, d_out: int, argument: str = "output") -> list[int] | None:
     """`output` as a list of indices in `[-d_out, d_out)` (None stays None: every output)."""
     if output is None:

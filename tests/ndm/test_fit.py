@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_tensorsim.ndm import SubspacePartition, fit_ndm, ndm_loss
+from tl_tensorsim.checks import check_finite
+from tl_tensorsim.ndm import SubspacePartition, fit_ndm, ndm_loss, subspace_mutual_information
 from tl_tensorsim.ndm.trainer import NDMSettings, NDMState
 
 FAST = dict(mi_queries=200, mi_keys=400, progress=False, log_every=10)
@@ -124,3 +125,17 @@ def test_fit_on_a_model_leaves_out_bos(model):
 def test_errors_before_work(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fit_ndm(torch.randn(50, 4), **{"progress": False, "unit_size": 2, **kwargs})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations_are_refused_before_work(bad):
+    # one bad row among 300 is named before any step, also when read in chunks of 64 rows (as a memory map is)
+    acts = torch.randn(300, 4)
+    acts[217, 2] = bad
+    with pytest.raises(ValueError, match=r"acts: expected finite values; row 217 \(of 300\)"):
+        fit_ndm(acts, unit_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"row 217 \(of 300\)"):
+        check_finite(acts, "acts", "hint", chunk=64)
+    check_finite(torch.randn(300, 4), "acts", "hint", chunk=64)  # finite rows pass
+    with pytest.raises(ValueError, match=r"acts: expected finite values; row 217 \(one of 300 drawn\)"):
+        subspace_mutual_information(acts, SubspacePartition.identity([2, 2]))

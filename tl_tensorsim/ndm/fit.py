@@ -29,7 +29,7 @@ from tl_tensorsim.activation_store import ActivationStore
 from tl_tensorsim.activations import collect_activations
 from tl_tensorsim.adapter import as_view
 from tl_tensorsim.artifacts import Provenance
-from tl_tensorsim.checks import as_token_tensor, check_choice, checked_int
+from tl_tensorsim.checks import as_token_tensor, check_choice, check_finite, checked_int
 from tl_tensorsim.distributed import Collectives
 from tl_tensorsim.ndm.objective import Parametrization
 from tl_tensorsim.ndm.partition import SubspacePartition, check_sizes, mean_pairwise
@@ -202,6 +202,7 @@ def fit_ndm(
         device = as_view(acts_or_model).device if device is None else device
     if acts.ndim != 2 or not acts.dtype.is_floating_point:
         raise ValueError(f"acts: expected a float tensor [n, d]; got shape {list(acts.shape)} dtype {acts.dtype}")
+    check_finite(acts, "acts", "look at the model's dtype and the data: float16 activations can overflow")
     settings = NDMSettings(
         unit_size=unit_size, sizes=None if sizes is None else tuple(int(s) for s in sizes),
         merge_threshold=merge_threshold, merge_start=merge_start, merge_interval=merge_interval, max_steps=max_steps,

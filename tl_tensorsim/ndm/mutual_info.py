@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_tensorsim.checks import checked_int
+from tl_tensorsim.checks import check_finite, checked_int
 from tl_tensorsim.distributed import Collectives, shard_range
 from tl_tensorsim.ndm.objective import size_groups
 from tl_tensorsim.ndm.partition import SubspacePartition, as_partition
@@ -168,7 +168,9 @@ def subspace_mutual_information(
     drawn = torch.cat([drawn[:n_q], drawn[n_q + lo : n_q + hi]])  # the queries and this rank's keys
     rows, order = drawn.sort()
     device = acts.device if device is None else torch.device(device)
-    x = acts[rows].to(device=device, dtype=dtype)[torch.argsort(order)]  # read in order, used in random order
+    x = acts[rows].to(device=device, dtype=dtype)
+    check_finite(x, "acts", "NaN or inf activations give no mutual information", row_ids=rows)
+    x = x[torch.argsort(order)]  # read in order, used in random order
     rotated = x @ part.rotation_as(dtype, device)
     return ksg_pairwise(rotated[:n_q], rotated[n_q:], part.sizes, comm).cpu()
 
