@@ -95,6 +95,13 @@ def test_preconditions_name_the_setting():
         max_of_k.brute_force(model, method="exact")
     with pytest.raises(ValueError, match="attention: expected one of"):
         max_of_k.subcubic(model, attention="rank2")
+    state = random_state(5, 3, 6, 0)
+    state["embed.W_E"][2, 1] = float("nan")
+    state["blocks.0.attn.W_O"][0, 0, 0] = float("inf")
+    broken = model_with(state)  # named before any table is built (it used to fail the forward cross-check)
+    for fn in (max_of_k.brute_force, max_of_k.cubic, max_of_k.subcubic):
+        with pytest.raises(ValueError, match="model: expected finite weights; NaN or inf in W_E, W_O"):
+            fn(broken)
 
 
 @needs_hooked_transformer

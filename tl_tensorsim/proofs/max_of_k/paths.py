@@ -102,13 +102,17 @@ class PathTables:
 
 def model_weights(view: ModelView, device: torch.device | str | None = None) -> dict[str, Tensor]:
     """The weights of the single head as float64 tensors (exact conversions): W_E [V, d], W_pos [n, d],
-    W_Q/W_K/W_V [d, h], W_O [h, d], W_U [d, V], b_Q/b_K/b_V [h], b_O [d], b_U [V], and `scale` (0-dim)."""
+    W_Q/W_K/W_V [d, h], W_O [h, d], W_U [d, V], b_Q/b_K/b_V [h], b_O [d], b_U [V], and `scale` (0-dim); a
+    ValueError naming the weights that hold NaN or inf."""
     dev = device if device is not None else view.device
     w = {n: view.weight(n, dtype=torch.float64, device=dev) for n in ("W_E", "W_pos", "W_U", "b_U")}
     for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
         w[n] = view.weight(n, dtype=torch.float64, device=dev)[0]
         if n != "b_O":
             w[n] = w[n][0]  # the single head
+    bad = [n for n, t in w.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"model: expected finite weights; NaN or inf in {', '.join(bad)}")
     w["scale"] = torch.tensor(attention_scale(view), dtype=torch.float64, device=dev)
     return w
 
