@@ -160,6 +160,21 @@ def test_an_explanation_of_another_width_is_refused_before_any_work(s4, s4_expla
         (irrep if deviation == "split" else coset)(narrow, s4_explained)
 
 
+def test_weights_holding_nan_or_inf_are_named_before_any_work(s4, s4_explained):
+    broken = copy.deepcopy(s4)
+    with torch.no_grad():
+        broken.W[3, 5] = float("nan")
+        broken.W_U[0, 1] = float("inf")
+    for fn in (
+        brute_force,
+        explain,
+        lambda m: rho_set(m, s4_explained, deviation="fourier"),
+        lambda m: coset(m, s4_explained),
+    ):
+        with pytest.raises(ValueError, match="model: expected finite weights; NaN or inf in W, W_U"):
+            fn(broken)
+
+
 @pytest.mark.parametrize("name", ["S4", "A5", "S5"])
 def test_lowrank_bound_on_the_shipped_models(name):
     # the readout deviation split at the explanation's rank (Σ d_ρ² of its irreps): S4 and S5 certify >= 95%,

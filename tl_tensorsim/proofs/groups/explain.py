@@ -23,10 +23,14 @@ __all__ = ["Explanation", "check_explanation", "coset_concentration", "explain",
 
 
 def model_group(model: Any) -> Group:
-    """The group of a `GroupMLP` (a TypeError naming the given type for anything else); no arithmetic."""
+    """The group of a `GroupMLP` (a TypeError naming the given type for anything else, a ValueError naming the
+    weights that hold NaN or inf); no arithmetic."""
     for attr in ("embed_left", "embed_right", "W", "W_U", "cfg"):
         if not hasattr(model, attr):
             raise TypeError(f"model: expected a GroupMLP (tl_tensorsim.models.group_mlp); got {type(model).__name__}")
+    bad = [n for n in ("embed_left", "embed_right", "W", "W_U") if not bool(torch.isfinite(getattr(model, n)).all())]
+    if bad:
+        raise ValueError(f"model: expected finite weights; NaN or inf in {', '.join(bad)}")
     return group_by_name(model.cfg.group)
 
 
