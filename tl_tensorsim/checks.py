@@ -104,6 +104,13 @@ def check_finite(rows: Any, argument: str, hint: str, chunk: int = 2**16, row_id
             raise ValueError(f"{argument}: expected finite values; {where} holds NaN or inf ({hint})")
 
 
+def check_finite_weights(weights: dict[str, Tensor], argument: str = "model") -> None:
+    """A ValueError naming every entry of `weights` (name -> tensor) that holds NaN or inf."""
+    bad = [name for name, w in weights.items() if not bool(torch.isfinite(w).all())]
+    if bad:
+        raise ValueError(f"{argument}: expected finite weights; NaN or inf in {', '.join(bad)}")
+
+
 def output_indices(output: int | Sequence[int] | None, d_out: int, argument: str = "output") -> list[int] | None:
     """`output` as a list of indices in `[-d_out, d_out)` (None stays None: every output)."""
     if output is None:

@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.artifacts import Artifact, Provenance
+from tl_tensorsim.checks import check_finite_weights
 from tl_tensorsim.proofs.groups.fourier import irrep_power
 from tl_tensorsim.proofs.groups.fourier_fit import choose_irreps, fit_centre
 from tl_tensorsim.proofs.groups.groups import Group, group_by_name
@@ -28,9 +29,7 @@ def model_group(model: Any) -> Group:
     for attr in ("embed_left", "embed_right", "W", "W_U", "cfg"):
         if not hasattr(model, attr):
             raise TypeError(f"model: expected a GroupMLP (tl_tensorsim.models.group_mlp); got {type(model).__name__}")
-    bad = [n for n in ("embed_left", "embed_right", "W", "W_U") if not bool(torch.isfinite(getattr(model, n)).all())]
-    if bad:
-        raise ValueError(f"model: expected finite weights; NaN or inf in {', '.join(bad)}")
+    check_finite_weights({n: getattr(model, n) for n in ("embed_left", "embed_right", "W", "W_U")})
     return group_by_name(model.cfg.group)
 
 

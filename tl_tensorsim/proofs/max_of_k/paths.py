@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_tensorsim.adapter import ModelLike, ModelView, as_view
+from tl_tensorsim.checks import check_finite_weights
 from tl_tensorsim.proofs.certified import Ball
 
 __all__ = ["PathTables", "attention_scale", "check_model", "check_against_forward", "path_logits", "path_tables"]
@@ -110,9 +111,7 @@ def model_weights(view: ModelView, device: torch.device | str | None = None) -> 
         w[n] = view.weight(n, dtype=torch.float64, device=dev)[0]
         if n != "b_O":
             w[n] = w[n][0]  # the single head
-    bad = [n for n, t in w.items() if not bool(torch.isfinite(t).all())]
-    if bad:
-        raise ValueError(f"model: expected finite weights; NaN or inf in {', '.join(bad)}")
+    check_finite_weights(w)
     w["scale"] = torch.tensor(attention_scale(view), dtype=torch.float64, device=dev)
     return w
 
