@@ -125,7 +125,7 @@ def _run(report: Any, full: bool) -> dict:
         ]
         rows.append(
             {
-                "edge layer": "total (rib seed 0: 848 IB, 963 PCA)",
+                "edge layer": f"total (rib seed 0: {RIB_EDGES_SEED0[0]} IB, {RIB_EDGES_SEED0[1]} PCA)",
                 "edges IB": ablated["ib"].total_needed,
                 "edges PCA": ablated["pca"].total_needed,
             }

@@ -264,6 +264,15 @@ def _unpack(where: str, config: dict[str, Any], tensors: dict[str, Tensor]) -> t
     return fields, provenance
 
 
+def save_figure(fig: Any, path: str | os.PathLike | None, dpi: int = 110) -> Any:
+    """Write a matplotlib figure to `path` (PNG or any suffix matplotlib knows; parent folders created) when a path
+    is given, and return the figure: the one way results write their plots."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return fig
+
+
 def expect_shape(name: str, value: Any, shape: tuple[int, ...], meaning: str = "") -> None:
     """A `ValueError` naming `name` unless `value` is a tensor of exactly `shape` (for `Artifact._check`)."""
     if not isinstance(value, Tensor):

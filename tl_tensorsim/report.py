@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tl_tensorsim.artifacts import library_version
+from tl_tensorsim.artifacts import library_version, save_figure
 
 
 def _cell(v: Any) -> str:
@@ -134,7 +134,7 @@ class Report:
 
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_figure(fig, path)
         plt.close(fig)
         self.figures.append(path)
         self.blocks.append(

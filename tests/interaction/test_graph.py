@@ -111,6 +111,25 @@ def test_modules_and_save_load(tmp_path, setup):
     assert ts.load(tmp_path / "m").communities == mods.communities
 
 
+def test_plots_are_written_where_asked(tmp_path, setup):
+    # the spectra, the graph and an ablation curve, each to a PNG under a folder that does not exist yet
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, data, basis, graph, metric = setup
+    curve = node_ablation(basis, model, data, metric, node="blocks.0.hook_resid_pre", keep=[0, 3])
+    for name, plot in (("spectra", basis.plot_spectra), ("graph", graph.plot), ("ablation", curve.plot)):
+        path = tmp_path / "figures" / f"{name}.png"
+        fig = plot(path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.axes
+        plt.close(fig)
+    fig = graph.plot(top=5)  # no path: only the figure
+    assert fig.axes and len(list((tmp_path / "figures").iterdir())) == 3
+    plt.close(fig)
+
+
 def test_bad_input(setup):
     model, data, basis, graph, metric = setup
     with pytest.raises(ValueError, match="which"):

@@ -17,6 +17,7 @@ labels indexed by `index`, the rows of `data`); results are means over `data`.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from torch.func import vmap
 
 from tl_tensorsim import hooks
 from tl_tensorsim.adapter import ModelLike, as_view
-from tl_tensorsim.artifacts import Artifact, Provenance
+from tl_tensorsim.artifacts import Artifact, Provenance, save_figure
 from tl_tensorsim.checks import check_choice, checked_int
 from tl_tensorsim.linalg import chunk_ranges
 
@@ -63,8 +64,8 @@ class AblationCurve(Artifact):
         shown = ", ".join(f"{k}: {v}" for k, v in self.needed.items()) or f"{len(self.curves)} layers"
         return f"AblationCurve({self.kind}, {self.basis}, clean {self.clean:.4g}; {shown})"
 
-    def plot(self, ax: Any = None, label: str | None = None) -> Any:
-        """Metric against the number kept, one line per layer. Returns the figure."""
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str | None = None) -> Any:
+        """Metric against the number kept, one line per layer. Saved to `path` when given; returns the figure."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -77,7 +78,7 @@ class AblationCurve(Artifact):
         ax.set_xlabel(f"{self.kind} kept")
         ax.set_ylabel("metric")
         ax.legend(fontsize=7)
-        return fig
+        return save_figure(fig, path)
 
 
 def _check_metric(metric: Any) -> Metric:

@@ -12,6 +12,7 @@ logits) or, with `rotate_final=True`, its centred PCA.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_tensorsim.adapter import ModelLike, as_view
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.checks import checked_int
 from tl_tensorsim.linalg import chunk_ranges
 from tl_tensorsim.model_run import checked_tokens
@@ -164,9 +165,9 @@ class InteractionBasis(Artifact):
         )
         return f"InteractionBasis({rows})"
 
-    def plot_spectra(self, ax: Any = None) -> Any:
+    def plot_spectra(self, path: str | os.PathLike | None = None, ax: Any = None) -> Any:
         """Λ of the interaction basis beside the PCA eigenvalues, per node layer (log scale; constant direction
-        left out). Returns the figure."""
+        left out). Saved to `path` when given; returns the figure."""
         import matplotlib.pyplot as plt
 
         n = len(self.node_layers) - 1
@@ -179,14 +180,14 @@ class InteractionBasis(Artifact):
             a = axes[l]
             lam = self.Lambda[l][1:] / self.Lambda[l][1:].max().clamp_min(1e-300)
             pca = self.Lambda_pca[l][1:] / self.Lambda_pca[l][1:].max().clamp_min(1e-300)
-            a.semilogy(lam.numpy(), label="interaction basis Λ")
-            a.semilogy(pca.numpy(), label="PCA eigenvalue", ls="--")
+            a.semilogy(lam.cpu().numpy(), label="interaction basis Λ")
+            a.semilogy(pca.cpu().numpy(), label="PCA eigenvalue", ls="--")
             a.set_title(self.node_layers[l], fontsize=9)
             a.set_xlabel("direction (sorted)")
             a.set_ylabel("relative to the largest")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        return fig
+        return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ building

@@ -11,6 +11,7 @@ constant node left out) and reports the modularity Q.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_tensorsim.adapter import ModelLike, as_view
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.checks import check_choice
 from tl_tensorsim.linalg import chunk_ranges
 
@@ -79,9 +80,10 @@ class InteractionGraph(Artifact):
             mask[:, 1:] = chosen.view(e.shape[0], -1)
         return mask
 
-    def plot(self, ax: Any = None, top: int = 200, node_layers: bool = True) -> Any:
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, top: int = 200) -> Any:
         """The graph as a layered picture: nodes per node layer (constant node left out), the `top` largest edges
-        per edge layer, line width proportional to the edge's share of its layer's largest. Returns the figure."""
+        per edge layer, line width proportional to the edge's share of its layer's largest. Saved to `path` when
+        given; returns the figure."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -114,7 +116,7 @@ class InteractionGraph(Artifact):
         ax.set_xticklabels([name.replace("blocks.", "") for name in self.node_layers], fontsize=8, rotation=15)
         ax.set_yticks([])
         ax.set_title(f"interaction graph ({self.basis}), top {top} edges per layer", fontsize=10)
-        return fig
+        return save_figure(fig, path)
 
 
 def interaction_graph(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 
 __all__ = ["ProofComparison", "ProofResult", "pareto_front", "plot_frontier"]
 
@@ -152,9 +152,8 @@ def plot_frontier(comparisons: list[ProofComparison], path=None, ax=None, title:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        _, ax = plt.subplots(figsize=(7.5, 4.8))
     names = list(dict.fromkeys(r["strategy"] for c in comparisons for r in c.rows))
     colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     means = []
@@ -189,6 +188,4 @@ def plot_frontier(comparisons: list[ProofComparison], path=None, ax=None, title:
     ax.set_ylim(-0.02, 1.05)
     ax.set_title(title or f"accuracy bound vs proof length ({len(comparisons)} model{'s' * (len(comparisons) > 1)})")
     ax.legend(fontsize=7, loc="lower right")
-    if path is not None:
-        ax.figure.savefig(path, dpi=110, bbox_inches="tight")
-    return fig if fig is not None else ax.figure
+    return save_figure(ax.figure, path)

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_tensorsim.adapter import ModelLike, as_view
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.checks import check_choice
 from tl_tensorsim.factored import Method
 from tl_tensorsim.linalg import cosine_from_parts
@@ -144,9 +144,7 @@ class CheckpointSimilarity(Artifact):
             ax2.legend(handles=[missing], loc="upper left", bbox_to_anchor=(0, -0.18), fontsize=7, frameon=False)
         fig.colorbar(im, ax=ax2, fraction=0.046, label="cosine similarity")
         fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110, bbox_inches="tight")
-        return fig
+        return save_figure(fig, path)
 
     def __repr__(self) -> str:
         n, T, _ = self.values.shape

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 
 Circuit = Literal["QK", "OV"]
 Level = Literal["residual", "token"]
@@ -70,9 +70,8 @@ class HeadSimilarity(Artifact):
         """Heatmap of `values` (diverging, [-1, 1]), layer boundaries marked; saved to `path` when given."""
         import matplotlib.pyplot as plt
 
-        fig = None
         if ax is None:
-            fig, ax = plt.subplots(figsize=(6.5, 5.5))
+            _, ax = plt.subplots(figsize=(6.5, 5.5))
         im = ax.imshow(self.values.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         for labels, lines, ticks in (
             (self.labels_b, ax.axvline, ax.set_xticks),
@@ -90,9 +89,7 @@ class HeadSimilarity(Artifact):
         ax.set_ylabel(self.settings.get("model_a", "model a"))
         ax.set_title(title or f"{self.circuit} {self.level} similarity ({self.metric})")
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
-        if path is not None:
-            ax.figure.savefig(path, dpi=110, bbox_inches="tight")
-        return fig if fig is not None else ax.figure
+        return save_figure(ax.figure, path)
 
     def __repr__(self) -> str:
         v = self.values

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tl_tensorsim.artifacts import save_figure
 from tl_tensorsim.proofs.groups.explain import Explanation
 
 __all__ = ["plot_rho_sets"]
@@ -43,9 +44,7 @@ def plot_rho_sets(explanation: Explanation, path: str | Path | None = None) -> A
         ax.set_box_aspect((1, 1, 1))
     fig.suptitle(f"{explanation.group}: ρ-sets read off the weights", fontsize=10)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return save_figure(fig, path, dpi=120)
 
 
 def _same_set(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-6) -> bool:
