@@ -40,10 +40,6 @@ class CommStats:
         self.calls[op] += 1
         self.bytes[op] += tensor.numel() * tensor.element_size()
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
-
     def reset(self) -> None:
         self.calls.clear()
         self.bytes.clear()
