@@ -122,6 +122,10 @@ def test_write_shipped_is_explicit(tmp_path, monkeypatch):
         (["train", "nope"], "name: unknown model 'nope'"),
         (["train", "backdoor", "--steps", "5"], "unknown BackdoorConfig fields ['steps']"),
         (["train", "induction", "--set", "lr"], "--set: expected KEY=VALUE"),
+        (
+            ["train", "induction", "--set", "steps=abc"],
+            "config: steps: expected an integer (the default is 2000); got 'abc'",
+        ),
         (["train", "grokking", "--write-shipped"], "write_shipped: model 'grokking' ships no weights"),
     ],
 )

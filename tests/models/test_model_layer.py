@@ -3,6 +3,7 @@ model registry behind `tl-tensorsim train`, and no TransformerLens state changed
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -50,8 +51,24 @@ def test_make_config_parses_command_line_values():
     assert cfg.lr == 0.003 and cfg.betas == (0.9, 0.98) and cfg.steps == 7 and cfg.p == 113
     assert registry.make_config("induction", {"normalization_type": "null"}).normalization_type is None
     assert registry.make_config("induction", {"normalization_type": "LNPre"}).normalization_type == "LNPre"
+    assert registry.make_config("grokking", {"lr": "1"}).lr == 1  # an integer is a number
     with pytest.raises(ValueError, match="unknown InductionConfig fields"):
         registry.make_config("induction", {"nope": "1"})
+
+
+@pytest.mark.parametrize("name", [m.__name__.rsplit(".", 1)[-1] for m in registry.available()])
+def test_make_config_checks_each_override_against_the_field_type(name):
+    # every default, written as the command line writes it, is accepted; a value of the wrong type is named
+    # before any training (`--set steps=abc` used to fail inside the loop with a TypeError about str + int)
+    defaults = registry.get(name).CONFIG().to_dict()
+    as_typed = {k: v if isinstance(v, str) else json.dumps(v) for k, v in defaults.items()}
+    assert registry.make_config(name, as_typed).to_dict() == registry.get(name).CONFIG().to_dict()
+    ints = [k for k, v in defaults.items() if isinstance(v, int) and not isinstance(v, bool)]
+    for key in ints[:2]:
+        with pytest.raises(ValueError, match=f"config: {key}: expected .*integer.*; got 'abc'"):
+            registry.make_config(name, {key: "abc"})
+        with pytest.raises(ValueError, match=f"config: {key}: expected"):
+            registry.make_config(name, {key: "true"})
 
 
 def test_cache_folder_honours_the_environment(tmp_path, monkeypatch):

@@ -21,9 +21,10 @@ import importlib
 import json
 import os
 import pkgutil
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from tl_tensorsim.artifacts import CONFIG_FILE, load_artifact, save_artifact
@@ -35,11 +36,11 @@ CHECKPOINT_FOLDER = "checkpoints"
 CHECKPOINT_EVERY = 1000  # default steps between resumable checkpoints
 
 
-def _name(module: ModuleType) -> str:
+def _name(module: types.ModuleType) -> str:
     return module.__name__.rsplit(".", 1)[-1]
 
 
-def available() -> list[ModuleType]:
+def available() -> list[types.ModuleType]:
     """Every trainable model module in `tl_tensorsim.models`, sorted by name."""
     package = importlib.import_module(__name__.rsplit(".", 1)[0])
     found = []
@@ -52,7 +53,7 @@ def available() -> list[ModuleType]:
     return sorted(found, key=_name)
 
 
-def get(name: str) -> ModuleType:
+def get(name: str) -> types.ModuleType:
     """The model module called `name` (its file name without `.py`)."""
     models = {_name(m): m for m in available()}
     if name not in models:
@@ -77,6 +78,13 @@ def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
     so "3e-3", "true", "null" and "[0.9, 0.98]" work from the command line)."""
     module = get(name)
     values = {k: _parse(v) for k, v in (overrides or {}).items()}
+    hints = typing.get_type_hints(module.CONFIG)
+    for key, value in values.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ValueError(
+                f"config: {key}: expected {_describe(hints[key])} (the default is {getattr(module.CONFIG(), key)!r}); "
+                f"got {value!r}"
+            )
     return module.CONFIG.from_dict({**module.CONFIG().to_dict(), **values})
 
 
@@ -87,6 +95,40 @@ def _parse(value: Any) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+
+
+_SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether an override fits a config field's annotation: scalars by type (bool is not an int, an int is a
+    float), unions and Optional by any member, Literal by membership, tuples and lists as JSON lists; anything else
+    is left to the config's own checks."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if tp in _SCALARS:
+        return isinstance(value, _SCALARS[tp]) and (tp is bool or not isinstance(value, bool))
+    if tp in (tuple, list) or origin in (tuple, list):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if tp is type(None):
+        return "null"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, "a list" if tp in (tuple, list) or origin in (tuple, list) else str(tp)
+    )
 
 
 def train_and_save(
