@@ -242,7 +242,13 @@ def _load_data(args: argparse.Namespace, model_of: Any) -> Any:
         return _tokenise([f.read_text() for f in files], model_of(), args.seq_len)
     import datasets
 
-    ds = datasets.load_dataset(args.data, split=args.split)
+    try:
+        ds = datasets.load_dataset(args.data, split=args.split)
+    except Exception as exc:  # a missing path, an unknown name, no network: one message naming DATA
+        raise ValueError(
+            f"DATA: {args.data!r} is not an activation store, a .npy or .txt file or a folder here, and it did not "
+            f"load as a `datasets` name ({type(exc).__name__}: {exc})"
+        ) from exc
     if args.max_sequences is not None:
         ds = ds.select(range(min(args.max_sequences, len(ds))))
     for column in ("tokens", "input_ids"):
