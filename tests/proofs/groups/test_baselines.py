@@ -4,6 +4,8 @@ coset-constant network certify every pair whose brute-force margin is not tiny; 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -84,10 +86,18 @@ def test_coset_constant_network_certifies_where_the_margin_allows():
     assert bool((coset(perturbed, expl).certified <= correct(perturbed)).all())
 
 
-def test_compare_lists_the_baselines_and_checks_input(s4):
+def test_compare_lists_the_baselines_and_checks_input(s4, monkeypatch):
     (table,) = compare(s4)
     names = [r.strategy for r in table.results]
     assert {"brute_force", "rho_set", "irrep", "coset"} <= set(names)
+    with pytest.raises(ValueError, match="models: expected a GroupMLP or a non-empty list"):
+        compare([])
+    compare_module = sys.modules["tl_tensorsim.proofs.groups.compare"]  # the package's `compare` is the function
+    calls = []
+    monkeypatch.setattr(compare_module, "brute_force", lambda m: calls.append(m))
+    with pytest.raises(TypeError, match="model: expected a GroupMLP"):
+        compare([s4, "not a model"])
+    assert calls == []  # refused before the first model's proofs
     with pytest.raises(TypeError, match="explanation"):
         coset(s4, "not an explanation")
     with pytest.raises(ValueError, match="explanation"):

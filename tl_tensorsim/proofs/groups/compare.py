@@ -1,27 +1,33 @@
-"""Brute force, the ρ-set proof and the irrep / coset baselines (`baselines`) on group-operation models, tabulated against their cost (arXiv 2410.07476:
-bound versus proof time; the frontier plot of `tl_tensorsim.proofs.result`)."""
+"""Brute force, the ρ-set proof and the irrep / coset baselines (`baselines`) on group-operation models, tabulated
+against their cost (arXiv 2410.07476: bound versus proof time; the frontier plot of `tl_tensorsim.proofs.result`)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from tl_tensorsim.proofs.groups.baselines import coset, irrep
-from tl_tensorsim.proofs.groups.explain import explain
+from tl_tensorsim.proofs.groups.explain import explain, model_group
 from tl_tensorsim.proofs.groups.verify import brute_force, rho_set
 from tl_tensorsim.proofs.result import ProofComparison, plot_frontier
 
 __all__ = ["compare", "plot"]
 
 
-def compare(models: list[Any] | Any) -> list[ProofComparison]:
+def compare(models: list[Any] | Any, progress: bool = True) -> list[ProofComparison]:
     """One `ProofComparison` per GroupMLP: rows for brute force (the true accuracy) and the ρ-set proof with the
-    split, pairwise, low-rank and Fourier deviation bounds, and the baselines `irrep` (Chughtai et al.) and `coset` (Stander et al.)
-    built on the same explanation (its search time recorded as `search_s`), each with bound, ratio, FLOPs and
-    seconds."""
-    models = models if isinstance(models, (list, tuple)) else [models]
-    out = []
+    split, pairwise, low-rank and Fourier deviation bounds, and the baselines `irrep` (Chughtai et al.) and `coset`
+    (Stander et al.) built on the same explanation (its search time recorded as `search_s`), each with bound,
+    ratio, FLOPs and seconds. A tqdm bar counts the models when there are several (`progress=False`: none)."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not models:
+        raise ValueError("models: expected a GroupMLP or a non-empty list of them; got an empty list")
     for model in models:
+        model_group(model)  # every model checked before the first proof
+    out = []
+    for model in tqdm(models, desc="group proofs", unit="model", disable=not progress or len(models) == 1):
         exact = brute_force(model)
         t0 = time.perf_counter()
         expl = explain(model)
