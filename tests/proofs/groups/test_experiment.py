@@ -42,3 +42,13 @@ def test_run_experiment_trains_proves_and_resumes(tmp_path):
     assert len(rows) == 1 and rows[0]["group"] == "C5" and rows[0]["accuracy"] >= rows[0]["rho_set_fourier_bound"]
     assert run_experiment(["C5"], [0], out) == rows  # resumed: nothing retrained
     assert [json.loads(line)["seed"] for line in out.read_text().splitlines()] == [0]
+
+
+@pytest.mark.parametrize(
+    ("groups", "recipe", "match"), [(["C5", "X9"], "fast", "name: expected"), (["C5"], "slow", "recipe")]
+)
+def test_run_experiment_refuses_bad_input_before_training(tmp_path, groups, recipe, match):
+    out = tmp_path / "runs.jsonl"
+    with pytest.raises(ValueError, match=match):
+        run_experiment(groups, [0], out, recipe=recipe)
+    assert not out.exists()  # nothing trained, nothing written

@@ -11,6 +11,7 @@ Fourier deviations of `rho_set` (the Fourier check also against the model's own 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -94,25 +95,29 @@ def prove_model(model: Any, repeats: int = 5) -> dict[str, Any]:
 
 def run_experiment(groups: list[str], seeds: list[int], out: str | Path, recipe: str = "fast") -> list[dict]:
     """Train and prove every (group, seed); append one JSON line per model to `out` (resumes: models already in
-    `out` are skipped). Returns all rows."""
+    `out` are skipped). Every group name and the recipe are checked before the first model trains; a tqdm bar
+    counts the models left, with the last one's accuracy and Fourier bound. Returns all rows."""
+    from tqdm.auto import tqdm
+
     from tl_tensorsim.models.group_mlp import GroupMLPConfig, train
 
+    for group in groups:
+        group_by_name(group)  # the proofs need a named group: refused before any training
+    configs = {group: GroupMLPConfig(group=group, recipe=recipe) for group in groups}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["group"], r["seed"]) for r in _read(out)}
-    with limit_threads(1):
-        for group in groups:
-            for seed in seeds:
-                if (group, seed) in done:
-                    continue
-                t0 = time.perf_counter()
-                run = train(GroupMLPConfig(group=group, seed=seed, recipe=recipe), progress=False)
-                row = {"group": group, "seed": seed, "recipe": recipe, "train_s": time.perf_counter() - t0}
-                row["test_acc"] = run.history[-1]["test_acc"]
-                row.update(prove_model(run.model))
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps({k: row[k] for k in ("group", "seed", "test_acc", "accuracy", "rho_set_bound")}))
+    todo = [(group, seed) for group in configs for seed in seeds if (group, seed) not in done]
+    with limit_threads(1), tqdm(todo, desc="group models", unit="model") as bar:
+        for group, seed in bar:
+            t0 = time.perf_counter()
+            run = train(dataclasses.replace(configs[group], seed=seed), progress=False)
+            row = {"group": group, "seed": seed, "recipe": recipe, "train_s": time.perf_counter() - t0}
+            row["test_acc"] = run.history[-1]["test_acc"]
+            row.update(prove_model(run.model))
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix(model=f"{group}:{seed}", acc=f"{row['accuracy']:.4f}", fourier=row["rho_set_fourier_bound"])
     return _read(out)
 
 
