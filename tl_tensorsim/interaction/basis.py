@@ -180,8 +180,8 @@ class InteractionBasis(Artifact):
             a = axes[l]
             lam = self.Lambda[l][1:] / self.Lambda[l][1:].max().clamp_min(1e-300)
             pca = self.Lambda_pca[l][1:] / self.Lambda_pca[l][1:].max().clamp_min(1e-300)
-            a.semilogy(lam.cpu().numpy(), label="interaction basis Λ")
-            a.semilogy(pca.cpu().numpy(), label="PCA eigenvalue", ls="--")
+            a.semilogy(lam.numpy(), label="interaction basis Λ")
+            a.semilogy(pca.numpy(), label="PCA eigenvalue", ls="--")
             a.set_title(self.node_layers[l], fontsize=9)
             a.set_xlabel("direction (sorted)")
             a.set_ylabel("relative to the largest")
