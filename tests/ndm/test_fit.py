@@ -139,3 +139,22 @@ def test_non_finite_activations_are_refused_before_work(bad):
     check_finite(torch.randn(300, 4), "acts", "hint", chunk=64)  # finite rows pass
     with pytest.raises(ValueError, match=r"acts: expected finite values; row 217 \(one of 300 drawn\)"):
         subspace_mutual_information(acts, SubspacePartition.identity([2, 2]))
+
+
+def test_non_finite_rows_of_a_memory_mapped_store_are_named(tmp_path):
+    import numpy as np
+
+    import tl_tensorsim as ts
+    from tl_tensorsim.activations import load_activations
+
+    view = ts.ModelView.build({"n_layers": 1, "d_model": 16, "n_ctx": 8, "d_head": 4, "n_heads": 4, "d_vocab": 50})
+    tokens = torch.randint(0, 50, (10, 8), generator=torch.Generator().manual_seed(0))
+    ts.collect_activations(view.model, tokens, "blocks.0.hook_resid_post", out=tmp_path / "s", progress=False)
+    check_finite(load_activations(tmp_path / "s"), "acts", "hint", chunk=7)  # read in chunks of 7 rows: finite
+    (npy,) = (tmp_path / "s").glob("*.npy")
+    rows = np.load(npy, mmap_mode="r+")
+    rows[33, 3] = np.inf
+    rows.flush()
+    del rows
+    with pytest.raises(ValueError, match=r"acts: expected finite values; row 33 \(of 80\)"):
+        fit_ndm(load_activations(tmp_path / "s"), unit_size=4, progress=False)
