@@ -18,6 +18,7 @@ passes, plus O(S b pos d d_s) for the projections.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.checks import checked_int
 from tl_tensorsim.ndm import SubspacePartition
 
@@ -166,8 +167,9 @@ class SubspacePatching(Artifact, CleanCorrupted):
         df["normalised score"] = (df["patched"] - self.corrupted_mean) / gap if gap else math.nan
         return df
 
-    def plot(self, ax: Any = None, label: str | None = None) -> Any:
-        """Bar plot of the per-subspace effects, the whole space's as a dashed line; returns the figure."""
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str | None = None) -> Any:
+        """Bar plot of the per-subspace effects, the whole space's as a dashed line; saved to `path` when given;
+        returns the figure."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -181,7 +183,7 @@ class SubspacePatching(Artifact, CleanCorrupted):
         ax.set_ylabel(f"drop in {self.metric}")
         ax.set_title(f"{self.test}: {self.hook_name} at {'+'.join(self.positions)} ({self.method})", fontsize=9)
         ax.legend(fontsize=7)
-        return fig
+        return save_figure(fig, path)
 
 
 def _bases(partition: SubspacePartition, dtype: torch.dtype, device: torch.device, whole: bool) -> list[Tensor]:

@@ -17,6 +17,7 @@ chunk, 2 forward passes plus 1 (logits) or 2 (head inputs) per sender.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.checks import checked_int
 
 from .datasets.base import PromptSet
@@ -121,8 +122,9 @@ class PathPatching(Artifact, CleanCorrupted):
         ]
         return pd.DataFrame(rows)
 
-    def plot(self, ax: Any = None, title: str | None = None) -> Any:
-        """Heat map of the relative effects `[layer, head]` (blue: the metric falls when the sender is patched)."""
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, title: str | None = None) -> Any:
+        """Heat map of the relative effects `[layer, head]` (blue: the metric falls when the sender is patched);
+        saved to `path` when given; returns the figure."""
         import matplotlib.pyplot as plt
 
         rel = self.relative.numpy()
@@ -138,7 +140,7 @@ class PathPatching(Artifact, CleanCorrupted):
         ax.set_yticks(range(rel.shape[0]))
         ax.set_title(title or f"path patching -> {', '.join(self.receivers)}", fontsize=8)
         fig.colorbar(im, ax=ax, label="relative effect")
-        return fig
+        return save_figure(fig, path)
 
 
 def _receivers(receivers: Any, view: Any, prompts: PromptSet) -> list[Receiver] | None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from tl_tensorsim.adapter import as_view
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.checks import checked_int
 from tl_tensorsim.ndm import SubspacePartition, fit_ndm, partition_baselines
 
@@ -160,8 +160,9 @@ class NDMValidation(Artifact):
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def plot(self) -> Any:
-        """Grouped bars: Gini per test and method, raw and per dimension, with the paper's NDM values as markers."""
+    def plot(self, path: str | os.PathLike | None = None) -> Any:
+        """Grouped bars: Gini per test and method, raw and per dimension, with the paper's NDM values as markers;
+        saved to `path` when given; returns the figure."""
         import matplotlib.pyplot as plt
         import numpy as np
 
@@ -177,7 +178,7 @@ class NDMValidation(Artifact):
             ax.set_title(f"Gini ({'per dimension' if norm == 'dim' else 'raw'})")
         axes[0].set_ylabel("Gini of per-subspace effects")
         axes[1].legend(fontsize=7)
-        return fig
+        return save_figure(fig, path)
 
     def report_section(self, report: Any, title: str = "NDM validation: the five subspace-patching tests") -> Any:
         """Add a section to a `tl_tensorsim.Report`: the Gini tables beside the paper's, the effects, the figure."""

@@ -62,7 +62,7 @@ def test_matches_naive_loop(induction_setup, batch_size, tmp_path):
     assert "gini=" in repr(res)
 
 
-def test_invariances(induction_setup):
+def test_invariances(induction_setup, tmp_path):
     model, test = induction_setup
     one = subspace_patching(model, SubspacePartition.identity([64]), test)
     # one subspace that is the whole space: its row is the whole-space row
@@ -81,6 +81,8 @@ def test_invariances(induction_setup):
     torch.testing.assert_close(res.per_prompt, res.clean.expand(3, -1), rtol=0, atol=1e-5)
     fig = a.plot()
     assert len(fig.axes[0].patches) == 2
+    png = tmp_path / "figs" / "effects.png"
+    assert a.plot(png).axes and png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_argument_errors(induction_setup):

@@ -37,7 +37,7 @@ def _logit_diff(resid, model, prompts):
     return (logits[rows, prompts.answers["IO"]] - logits[rows, prompts.answers["S"]]).double()
 
 
-def test_direct_effect_matches_the_residual_stream_by_hand(model, prompts):
+def test_direct_effect_matches_the_residual_stream_by_hand(model, prompts, tmp_path):
     res = path_patching(model, prompts, "random")
     view = as_view(model)
     last = f"blocks.{view.cfg.n_layers - 1}.hook_resid_post"
@@ -52,6 +52,7 @@ def test_direct_effect_matches_the_residual_stream_by_hand(model, prompts):
                 torch.testing.assert_close(res.per_prompt[layer, head], expected, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(res.clean, _logit_diff(clean[last], model, prompts), atol=2e-4, rtol=1e-4)
     assert res.heads(0.5) == [(1, 0)]
+    assert res.plot(tmp_path / "heads.png").axes and (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_value_path_matches_the_changed_residual_by_hand(model, prompts):

@@ -68,6 +68,7 @@ def test_end_to_end_gpt2_shaped(gpt2_shaped, gpt2_tok, tmp_path):
         df[(df.method == "ndm") & (df.norm == "raw")]["paper mean"].item(), 0.689
     )
     assert list(res.effects_table()["test"]) == list(TESTS)
+    assert res.plot(tmp_path / "gini.png").axes and (tmp_path / "gini.png").read_bytes()[:4] == b"\x89PNG"
     loaded = ts.load(res.save(tmp_path / "val"))
     assert isinstance(loaded, NDMValidation) and torch.equal(loaded.gini, res.gini) and loaded.effects == res.effects
 

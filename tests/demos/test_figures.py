@@ -54,6 +54,11 @@ def test_phase_names_are_readable_on_any_colour():
     assert ax.get_xlabel() and ax.get_ylabel()
 
 
+def test_tensor_similarity_matrix_plot_is_written_where_asked(tmp_path):
+    ax = _matrix(1, 0.2).plot(tmp_path / "m" / "matrix.png")
+    assert ax.get_images() and (tmp_path / "m" / "matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_backdoor_panels_share_one_colour_scale_and_the_accuracy_panel_is_labelled():
     from tl_tensorsim.demos import backdoor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 
 
 def chain_provenance(chains: Sequence[Any], sigma: Tensor | None = None, **settings: Any) -> Provenance:
@@ -181,6 +182,7 @@ class TensorSimilarityMatrix(Artifact):
 
     def plot(
         self,
+        path: str | os.PathLike | None = None,
         ax: Any = None,
         phases: Sequence[tuple[str, int, int]] | None = None,
         title: str | None = None,
@@ -188,8 +190,9 @@ class TensorSimilarityMatrix(Artifact):
         vmax: float = 1.0,
     ) -> Any:
         """Heatmap of the matrix, with phase boundaries and names (white on a dark box: readable on any colour);
-        returns the matplotlib Axes. `vmin` (default `min(0, smallest value)`) and `vmax`: the colour scale; pass
-        the same to every panel of a figure so that one colour means one similarity."""
+        saved to `path` when given; returns the matplotlib Axes. `vmin` (default `min(0, smallest value)`) and
+        `vmax`: the colour scale; pass the same to every panel of a figure so that one colour means one
+        similarity."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -209,6 +212,7 @@ class TensorSimilarityMatrix(Artifact):
         ax.set_title(title or f"tensor similarity ({self.metric})")
         axis = "checkpoint" + (" (step)" if self.steps is not None else "")
         ax.set(xlabel=axis, ylabel=axis)
+        save_figure(ax.figure, path)
         return ax
 
     def __repr__(self) -> str:
