@@ -140,3 +140,24 @@ def test_bases_work_with_interchange(model):
     expected = own[name].clone()
     expected[..., d - 8 :] = clean[..., d - 8 :]
     torch.testing.assert_close(seen["x"], expected, rtol=0, atol=1e-6)
+
+
+def test_plot_shows_the_fit_and_is_written_where_asked(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tl_tensorsim.ndm import fit_ndm
+
+    x = torch.randn(400, 8, generator=torch.Generator().manual_seed(0))
+    part = fit_ndm(x, unit_size=2, max_steps=60, merge_start=20, merge_interval=20, key_pool=100, batch_size=16,
+                   mi_queries=50, mi_keys=200, log_every=10, progress=False)  # fmt: skip
+    fig = part.plot(tmp_path / "f" / "ndm.png")
+    assert (tmp_path / "f" / "ndm.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(fig.axes[0].lines) >= 1 and len(fig.axes[1].get_images()) == 1  # history, MI map (then twin, colorbar)
+    assert "mean MI" in fig.axes[1].get_title()
+    plt.close(fig)
+    fig = SubspacePartition.identity([4, 4]).plot()  # no history, no MI: the widths
+    assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 2
+    plt.close(fig)

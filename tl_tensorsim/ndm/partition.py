@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape
+from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figure
 from tl_tensorsim.linalg import gram, orthonormality_error
 
 OFFICIAL_KEY = "R.parametrizations.weight.0.base"
@@ -170,6 +170,53 @@ class SubspacePartition(Artifact):
             parts.append(f"mean_mi={self.mean_mi:.4g}")
         parts += [f"{k}={v!r}" for k, v in (("model", self.model_name), ("hook", self.hook_name)) if v]
         return f"SubspacePartition({', '.join(parts)})"
+
+    def plot(self, path: str | os.PathLike | None = None) -> Any:
+        """The fit at a glance: the training loss and the subspace count against the step, merges marked (when
+        there is a history), and the pairwise mutual information of the final subspaces per dimension,
+        mi[i, j] / (d_i + d_j), the quantity the merge rule thresholds (when `mi` was estimated); a partition with
+        neither shows its widths. Saved to `path` when given; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        panels = [
+            name
+            for name, have in (
+                ("history", self.history.get("step")),
+                ("mi", self.mi is not None and self.n_subspaces > 1),
+            )
+            if have
+        ]
+        fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 3.6), squeeze=False)
+        labels = [f"s{i} ({w})" for i, w in enumerate(self.sizes)]
+        for ax, panel in zip(axes[0], panels or ["sizes"]):
+            if panel == "history":
+                steps = self.history["step"]
+                ax.plot(steps, self.history["loss"], color="C0")
+                ax.set_xlabel("step")
+                ax.set_ylabel("nearest-neighbour distance", color="C0")
+                count = ax.twinx()
+                count.step(steps, self.history["n_subspaces"], color="C1", where="post")
+                count.set_ylabel("subspaces", color="C1")
+                count.yaxis.get_major_locator().set_params(integer=True)
+                for check in self.history.get("checks", []):
+                    if check.get("merged"):
+                        ax.axvline(check["step"], color="0.6", lw=0.8, ls=":")
+                ax.set_title(f"NDM training (dotted: merges), final sizes {list(self.sizes)}", fontsize=9)
+            elif panel == "mi":
+                width = torch.tensor(self.sizes, dtype=torch.float64)
+                score = self.mi / (width[:, None] + width[None, :])
+                score.fill_diagonal_(float("nan"))  # not estimated: drawn blank
+                im = ax.imshow(score.numpy(), cmap="magma")
+                ax.set_xticks(range(self.n_subspaces), labels, rotation=60, fontsize=7)
+                ax.set_yticks(range(self.n_subspaces), labels, fontsize=7)
+                fig.colorbar(im, ax=ax, fraction=0.046, label="MI / (d_i + d_j), nats")
+                ax.set_title(f"pairwise MI per dimension (mean MI {self.mean_mi:.3g})", fontsize=9)
+            else:
+                ax.bar(range(self.n_subspaces), self.sizes, color="C0")
+                ax.set_xticks(range(self.n_subspaces), labels, rotation=60, fontsize=7)
+                ax.set(ylabel="width", title=f"{self.method} partition of d={self.d}")
+        fig.tight_layout()
+        return save_figure(fig, path)
 
     # ------------------------------------------------------------------------------------------- baselines
     @classmethod
