@@ -152,6 +152,12 @@ def _run(report: Any, full: bool) -> dict[str, Any]:
     for res in toys:
         report.table(res["rows"])
     report.figure(_plot_toy(toys), "ndm_toy_shares", "Share of each feature's squared norm in each NDM subspace.")
+    report.figure(
+        toys[0]["part"].plot(),
+        "ndm_toy_fit",
+        "The first toy model's NDM fit (`SubspacePartition.plot`): loss and subspace count per step, merges dotted; "
+        "pairwise MI per dimension of the final subspaces.",
+    )
     steps = 8000 if full else 3000
     ind = induction_experiment(steps=steps)
     report.section("Induction model: interchanging one subspace of the layer-0 residual stream", level=3)
