@@ -142,7 +142,7 @@ def test_bases_work_with_interchange(model):
     torch.testing.assert_close(seen["x"], expected, rtol=0, atol=1e-6)
 
 
-def test_plot_shows_the_fit_and_is_written_where_asked(tmp_path):
+def test_plot_and_table_show_the_fit(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,6 +158,14 @@ def test_plot_shows_the_fit_and_is_written_where_asked(tmp_path):
     assert len(fig.axes[0].lines) >= 1 and len(fig.axes[1].get_images()) == 1  # history, MI map (then twin, colorbar)
     assert "mean MI" in fig.axes[1].get_title()
     plt.close(fig)
+    df = part.to_dataframe()
+    assert list(df["width"]) == list(part.sizes) and list(df["stop"] - df["start"]) == list(part.sizes)
+    for i, row in df.iterrows():  # the partner is the off-diagonal argmax of mi, by brute force over the row
+        others = [j for j in range(part.n_subspaces) if j != i]
+        best = max(others, key=lambda j: float(part.mi[i, j]))
+        assert row["mi partner"] == best and row["max mi"] == float(part.mi[i, best])
+        assert row["max mi per dim"] == pytest.approx(row["max mi"] / (part.sizes[i] + part.sizes[best]))
+    assert list(SubspacePartition.identity([4, 4]).to_dataframe().columns) == ["subspace", "width", "start", "stop"]
     fig = SubspacePartition.identity([4, 4]).plot()  # no history, no MI: the widths
     assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 2
     plt.close(fig)

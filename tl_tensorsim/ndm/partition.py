@@ -171,6 +171,31 @@ class SubspacePartition(Artifact):
         parts += [f"{k}={v!r}" for k, v in (("model", self.model_name), ("hook", self.hook_name)) if v]
         return f"SubspacePartition({', '.join(parts)})"
 
+    def to_dataframe(self) -> Any:
+        """`pandas.DataFrame`, one row per subspace: `subspace`, `width`, its columns `start`, `stop` of the rotated
+        space and, when `mi` was estimated, `mi partner` (the subspace sharing the most MI with it), `max mi` and
+        `max mi per dim` (nats; mi[i, j] / (d_i + d_j), what the merge rule thresholds)."""
+        import pandas as pd
+
+        rows = [
+            {"subspace": i, "width": w, "start": a, "stop": b}
+            for i, (w, (a, b)) in enumerate(zip(self.sizes, self.bounds))
+        ]
+        if self.mi is not None and self.n_subspaces > 1:
+            width = torch.tensor(self.sizes, dtype=torch.float64)
+            off = self.mi.clone().fill_diagonal_(float("-inf"))
+            partner = off.argmax(1)
+            for i, row in enumerate(rows):
+                j = int(partner[i])
+                row.update(
+                    {
+                        "mi partner": j,
+                        "max mi": float(self.mi[i, j]),
+                        "max mi per dim": float(self.mi[i, j] / (width[i] + width[j])),
+                    }
+                )
+        return pd.DataFrame(rows)
+
     def plot(self, path: str | os.PathLike | None = None) -> Any:
         """The fit at a glance: the training loss and the subspace count against the step, merges marked (when
         there is a history), and the pairwise mutual information of the final subspaces per dimension,
