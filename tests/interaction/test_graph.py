@@ -69,6 +69,9 @@ def test_edge_ablation_bisection(setup):
     assert pts[n] == 1.0 and (n == 0 or pts.get(n - 1, 0.0) < 1.0)
     assert 0 < n < total and res.total_needed == n
     assert isinstance(res, AblationCurve) and "edges" in repr(res)
+    df = res.to_dataframe()
+    assert len(df) == len(res.curves[key]) and set(df["layer"]) == {key}
+    assert df[df["needed"]]["kept"].tolist() == [n] and dict(zip(df["kept"], df["metric"])) == pts
 
 
 def test_top_k_mask(setup):

@@ -64,6 +64,18 @@ class AblationCurve(Artifact):
         shown = ", ".join(f"{k}: {v}" for k, v in self.needed.items()) or f"{len(self.curves)} layers"
         return f"AblationCurve({self.kind}, {self.basis}, clean {self.clean:.4g}; {shown})"
 
+    def to_dataframe(self) -> Any:
+        """`pandas.DataFrame`, one row per (layer, number kept): `layer`, `kept`, `metric`, and `needed` (True
+        at the smallest number within `tolerance` of the baseline, edge ablation only)."""
+        import pandas as pd
+
+        rows = [
+            {"layer": name, "kept": int(k), "metric": float(v), "needed": self.needed.get(name) == int(k)}
+            for name, pts in self.curves.items()
+            for k, v in pts
+        ]
+        return pd.DataFrame(rows, columns=["layer", "kept", "metric", "needed"])
+
     def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str | None = None) -> Any:
         """Metric against the number kept, one line per layer. Saved to `path` when given; returns the figure."""
         import matplotlib.pyplot as plt

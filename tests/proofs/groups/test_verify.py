@@ -145,6 +145,16 @@ def test_explanation_of_s4_and_round_trip(s4_explained, s4, tmp_path):
     back = ts.load(path)
     assert isinstance(back, Explanation) and back.left_sets == expl.left_sets and torch.equal(back.assign, expl.assign)
     assert torch.equal(back.centre, expl.centre)
+    df = expl.to_dataframe()  # one row per neuron, against the fields it reads
+    assert list(df["neuron"]) == list(range(s4.cfg.d_hidden))
+    assert list(df["irrep"]) == [expl.irreps[i] for i in expl.neuron_irrep.tolist()]
+    assert list(df["coset l"]) == expl.coset_left_order.tolist()
+    first = {}
+    for c, n, a, b in expl.assign.tolist():
+        first.setdefault(n, (c, a, b))
+    assigned = df[df["circuit"].notna()]
+    assert {r.neuron: (r.circuit, r.a, r.b) for r in assigned.itertuples()} == first and len(first) < len(df)
+    assert ((df["power u"] > 0) & (df["power u"] <= 1 + 1e-12)).all()
     with pytest.raises(TypeError, match="explanation"):
         rho_set(s4, "not an explanation")
 

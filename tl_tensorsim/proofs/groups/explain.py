@@ -122,6 +122,34 @@ class Explanation(Artifact):
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance, compare=False)
 
+    def to_dataframe(self) -> Any:
+        """`pandas.DataFrame`, one row per hidden neuron: `neuron`, its `irrep` and that irrep's share of the
+        neuron's w_l, w_r and w_u power (`power l`, `power r`, `power u`), the orders of the subgroups whose left
+        and right cosets make w_l and w_r constant (`coset l`, `coset r`), and its ρ-set `circuit` (index, <NA>
+        when unassigned) with the ρ-set vectors `a`, `b` it is assigned to."""
+        import pandas as pd
+
+        idx = self.neuron_irrep
+        rows = [
+            {
+                "neuron": i,
+                "irrep": self.irreps[int(idx[i])],
+                "power l": float(self.power_l[idx[i], i]),
+                "power r": float(self.power_r[idx[i], i]),
+                "power u": float(self.power_u[idx[i], i]),
+                "coset l": int(self.coset_left_order[i]),
+                "coset r": int(self.coset_right_order[i]),
+                "circuit": None,
+                "a": None,
+                "b": None,
+            }
+            for i in range(len(idx))
+        ]
+        for circuit, neuron, a, b in self.assign.tolist():
+            if rows[neuron]["circuit"] is None:  # a neuron claimed twice keeps its first claim, as the verifier does
+                rows[neuron].update(circuit=circuit, a=a, b=b)
+        return pd.DataFrame(rows).astype({"circuit": "Int64", "a": "Int64", "b": "Int64"})  # <NA>: unassigned
+
     def key_irreps(self, threshold: float = 0.05) -> list[str]:
         """Irreps holding at least `threshold` of the neurons (Chughtai's key irreps)."""
         counts = torch.bincount(self.neuron_irrep, minlength=len(self.irreps)).double() / len(self.neuron_irrep)
