@@ -106,6 +106,9 @@ def test_modules_and_save_load(tmp_path, setup):
     nodes = sorted(tuple(n) for c in mods.communities for n in c)
     assert len(nodes) == sum(graph.sizes) - sum(graph.constant)  # every non-constant node, once
     assert mods == modules(graph, seed=0)
+    df = mods.to_dataframe()
+    assert len(df) == len(nodes) and sorted(zip(df["layer"], df["node"])) == nodes
+    assert all((l, n) in map(tuple, mods.communities[c]) for c, l, n in zip(df["community"], df["layer"], df["node"]))
     graph.save(tmp_path / "g")
     back = ts.load(tmp_path / "g")
     assert isinstance(back, InteractionGraph) and back.constant == graph.constant

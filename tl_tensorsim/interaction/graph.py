@@ -196,6 +196,17 @@ class Modules(Artifact):
         sizes = sorted((len(c) for c in self.communities), reverse=True)
         return f"Modules({self.basis}: {len(sizes)} communities, sizes {sizes[:8]}, Q = {self.modularity:.3f})"
 
+    def to_dataframe(self) -> Any:
+        """`pandas.DataFrame`, one row per node: `community` (index into `communities`), `layer` (node layer index)
+        and `node` (its direction in that layer's basis), sorted by layer and node."""
+        import pandas as pd
+
+        rows = [{"community": c, "layer": int(l), "node": int(n)} for c, nodes in enumerate(self.communities)
+                for l, n in nodes]  # fmt: skip
+        return pd.DataFrame(rows, columns=["community", "layer", "node"]).sort_values(
+            ["layer", "node"], ignore_index=True
+        )
+
 
 def modules(graph: InteractionGraph, *, resolution: float = 1.0, normalise: str = "sqrt", seed: int = 0) -> Modules:
     """Louvain communities (`networkx.community.louvain_communities`, weighted, `resolution` γ, `seed`) of the
