@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tl_tensorsim.models import group_mlp
 from tl_tensorsim.proofs.groups import brute_force
@@ -21,6 +22,28 @@ def test_prove_model_row_agrees_with_brute_force_and_the_forward_pass():
     assert row["forward_s"] > 0 and row["brute_force_s"] > 0 and row["rho_set_fourier_s"] > 0
     assert row["fourier_residual_mean"] <= row["fourier_residual_per_neuron_mean"] + 1e-9
     assert row["fourier_irreps"] and set(row["fourier_irreps"]) <= set(row["key_irreps"]) | {"(1,1,1,1)", "(2,1,1)"}
+    assert row["sound"] is True
+
+
+def test_prove_model_flags_a_proof_that_certifies_a_wrong_pair(monkeypatch):
+    # a stand-in proof that certifies every pair, on a model that gets some pairs wrong: `sound` must be False
+    import copy
+    import sys
+
+    model = copy.deepcopy(group_mlp.load(group_mlp.shipped("S4")[0]))
+    with torch.no_grad():
+        model.W_U.add_(torch.randn(model.W_U.shape, generator=torch.Generator().manual_seed(0)) * model.W_U.std())
+    assert brute_force(model).bound < 1
+    module = sys.modules["tl_tensorsim.proofs.groups.experiment"]
+    real = module.rho_set
+
+    def everything(m, expl, **kwargs):
+        result = real(m, expl, **kwargs)
+        result.certified = torch.ones_like(result.certified)
+        return result
+
+    monkeypatch.setattr(module, "rho_set", everything)
+    assert prove_model(model, repeats=1)["sound"] is False
 
 
 def test_summarise_counts_bounds_and_ratios():
@@ -30,7 +53,9 @@ def test_summarise_counts_bounds_and_ratios():
         base | {"rho_set_bound": 0.99, "rho_set_fourier_bound": 0.96, "rho_set_fourier_s": 1.0},
         base | {"rho_set_bound": 0.5, "rho_set_fourier_bound": 0.2, "rho_set_fourier_s": 3.0},
     ]
+    rows[0]["sound"] = True
     (out,) = summarise(rows)
+    assert out["sound (models checked)"] == "1 of 1"
     assert out["models"] == 2 and out["bound >= 0.95"] == 0.5 and out["fourier bound >= 0.95"] == 0.5
     assert out["fourier s / brute force s (median)"] == pytest.approx(1.0)
     assert out["fourier s / forward pass s (median)"] == pytest.approx(0.5)
