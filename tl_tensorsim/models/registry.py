@@ -21,10 +21,10 @@ import importlib
 import json
 import os
 import pkgutil
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType, UnionType
 from typing import Any
 
 from tl_tensorsim.artifacts import CONFIG_FILE, load_artifact, save_artifact
@@ -36,11 +36,11 @@ CHECKPOINT_FOLDER = "checkpoints"
 CHECKPOINT_EVERY = 1000  # default steps between resumable checkpoints
 
 
-def _name(module: types.ModuleType) -> str:
+def _name(module: ModuleType) -> str:
     return module.__name__.rsplit(".", 1)[-1]
 
 
-def available() -> list[types.ModuleType]:
+def available() -> list[ModuleType]:
     """Every trainable model module in `tl_tensorsim.models`, sorted by name."""
     package = importlib.import_module(__name__.rsplit(".", 1)[0])
     found = []
@@ -53,7 +53,7 @@ def available() -> list[types.ModuleType]:
     return sorted(found, key=_name)
 
 
-def get(name: str) -> types.ModuleType:
+def get(name: str) -> ModuleType:
     """The model module called `name` (its file name without `.py`)."""
     models = {_name(m): m for m in available()}
     if name not in models:
@@ -105,7 +105,7 @@ def _fits(value: Any, tp: Any) -> bool:
     float), unions and Optional by any member, Literal by membership, tuples and lists as JSON lists; anything else
     is left to the config's own checks."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, UnionType):
         return any(_fits(value, a) for a in args)
     if tp is type(None):
         return value is None
@@ -120,7 +120,7 @@ def _fits(value: Any, tp: Any) -> bool:
 
 def _describe(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
