@@ -171,6 +171,15 @@ class SubspacePartition(Artifact):
         parts += [f"{k}={v!r}" for k, v in (("model", self.model_name), ("hook", self.hook_name)) if v]
         return f"SubspacePartition({', '.join(parts)})"
 
+    @property
+    def mi_per_dim(self) -> Float[Tensor, "n n"] | None:
+        """mi[i, j] / (d_i + d_j) (float64 `[S, S]`, nats per dimension: what the merge rule thresholds), or None
+        when `mi` was not estimated."""
+        if self.mi is None:
+            return None
+        width = torch.tensor(self.sizes, dtype=torch.float64)
+        return self.mi / (width[:, None] + width[None, :])
+
     def to_dataframe(self) -> Any:
         """`pandas.DataFrame`, one row per subspace: `subspace`, `width`, its columns `start`, `stop` of the rotated
         space and, when `mi` was estimated, `mi partner` (the subspace sharing the most MI with it), `max mi` and
@@ -182,18 +191,11 @@ class SubspacePartition(Artifact):
             for i, (w, (a, b)) in enumerate(zip(self.sizes, self.bounds))
         ]
         if self.mi is not None and self.n_subspaces > 1:
-            width = torch.tensor(self.sizes, dtype=torch.float64)
-            off = self.mi.clone().fill_diagonal_(float("-inf"))
-            partner = off.argmax(1)
+            partner = self.mi.clone().fill_diagonal_(float("-inf")).argmax(1)
+            per_dim = self.mi_per_dim
             for i, row in enumerate(rows):
                 j = int(partner[i])
-                row.update(
-                    {
-                        "mi partner": j,
-                        "max mi": float(self.mi[i, j]),
-                        "max mi per dim": float(self.mi[i, j] / (width[i] + width[j])),
-                    }
-                )
+                row.update({"mi partner": j, "max mi": float(self.mi[i, j]), "max mi per dim": float(per_dim[i, j])})
         return pd.DataFrame(rows)
 
     def plot(self, path: str | os.PathLike | None = None) -> Any:
@@ -228,9 +230,7 @@ class SubspacePartition(Artifact):
                         ax.axvline(check["step"], color="0.6", lw=0.8, ls=":")
                 ax.set_title(f"NDM training (dotted: merges), final sizes {list(self.sizes)}", fontsize=9)
             elif panel == "mi":
-                width = torch.tensor(self.sizes, dtype=torch.float64)
-                score = self.mi / (width[:, None] + width[None, :])
-                score.fill_diagonal_(float("nan"))  # not estimated: drawn blank
+                score = self.mi_per_dim.fill_diagonal_(float("nan"))  # the diagonal is not estimated: drawn blank
                 im = ax.imshow(score.numpy(), cmap="magma")
                 ax.set_xticks(range(self.n_subspaces), labels, rotation=60, fontsize=7)
                 ax.set_yticks(range(self.n_subspaces), labels, fontsize=7)
