@@ -71,6 +71,19 @@ def make_model_pair(seed: int = 0, **overrides):
     return ht, bridge
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection raises in this test: the model hub and dataset hub are unreachable in CI, so a test
+    that crosses the loading boundary proves it stays local."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("network blocked in tests (the model hub is unreachable in CI)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)

@@ -124,16 +124,9 @@ def test_missing_hook_and_model(inputs, tmp_path, capsys):
     assert e.value.code == 2 and "HOOK: expected a hook name" in capsys.readouterr().err
 
 
-def test_data_that_is_neither_a_local_file_nor_a_dataset_is_named(tmp_path, capsys, monkeypatch):
+def test_data_that_is_neither_a_local_file_nor_a_dataset_is_named(tmp_path, capsys, no_network):
     # a folder that does not exist: `datasets` does not know it either; the error names DATA (exit code 2), and
-    # no connection is attempted (every socket connection raises)
-    import socket
-
-    def no_network(*args, **kwargs):
-        raise OSError("network blocked in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
+    # no connection is attempted (every socket connection raises: `no_network`)
     with pytest.raises(SystemExit) as e:
         cli.main(["fit-ndm", "--data", str(tmp_path / "missing-folder"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -93,19 +93,11 @@ def test_state_dict_files_loaded_into_a_config(run, tmp_path):
         checkpoint_similarity(paths[:1], "QK", model={**config, "d_mlp": 16}, progress=False)
 
 
-def test_model_name_loads_one_checkpoint_at_a_time(run, monkeypatch):
+def test_model_name_loads_one_checkpoint_at_a_time(run, monkeypatch, no_network):
     """The TransformerLens loader boundary (`HookedTransformer.from_pretrained`, or on 4.x
     `TransformerBridge.boot_transformers`) is replaced by local models; nothing is downloaded (any network
-    connection in this test raises)."""
-    import socket
-
+    connection in this test raises: `no_network`)."""
     import transformer_lens
-
-    def no_network(*args, **kwargs):
-        raise RuntimeError("this test must not reach the network (the model hub is unreachable in CI)")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
 
     calls, alive = [], []
 
