@@ -87,13 +87,37 @@ def test_unknown_hook_name_lists_nearest(model):
     assert view.hook_layer("blocks.1.attn.hook_z") == 1 and view.hook_layer("hook_embed") is None
 
 
-@pytest.mark.parametrize("backend", [pytest.param("hooked", marks=needs_hooked_transformer), "bridge"])
+BACKENDS = [pytest.param("hooked", marks=needs_hooked_transformer), "bridge"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_unknown_weight_and_missing_mlp(backend):
     view = ts.ModelView.build({**SMALL, "attn_only": True, "n_layers": 1}, backend=backend)
     with pytest.raises(ValueError, match="W_in"):
         _ = view.W_in
     with pytest.raises(ValueError, match="weight name"):
         view.weight("W_nope")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grouped_query_attention_keys_and_values_repeat_per_head(backend):
+    """Grouped-query attention (2 key-value heads for 4 query heads): `W_K`, `W_V`, `b_K`, `b_V` come out per query
+    head (each key-value head repeated for the query heads that share it), and they give the model's own keys and
+    values (`hook_k`, `hook_v`: one per key-value head)."""
+    view = ts.ModelView.build({**SMALL, "n_layers": 1, "n_key_value_heads": 2}, backend=backend)
+    shapes = {name: tuple(view.weight(name).shape) for name in ("W_K", "W_V", "b_K", "b_V")}
+    assert shapes == {"W_K": (1, 4, 32, 8), "W_V": (1, 4, 32, 8), "b_K": (1, 4, 8), "b_V": (1, 4, 8)}
+    assert torch.equal(view.W_K[0, 0], view.W_K[0, 1]) and not torch.equal(view.W_K[0, 1], view.W_K[0, 2])
+    assert view.has_weight("W_V")
+    tokens = torch.randint(0, SMALL["d_vocab"], (2, 5), generator=torch.Generator().manual_seed(0))
+    _, cache = view.run_with_cache(
+        tokens, ["blocks.0.ln1.hook_normalized", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v"]
+    )
+    x = cache["blocks.0.ln1.hook_normalized"]
+    for w, b, hook in (("W_K", "b_K", "hook_k"), ("W_V", "b_V", "hook_v")):
+        mine = torch.einsum("bpd,hde->bphe", x, view.weight(w)[0]) + view.weight(b)[0]
+        theirs = cache[f"blocks.0.attn.{hook}"].repeat_interleave(2, dim=2)
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
 def test_no_module_imports_hookedtransformer_at_module_level():

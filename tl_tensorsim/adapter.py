@@ -158,8 +158,9 @@ class ModelView:
         if name not in WEIGHT_NAMES:
             return False
         p = self._parameters()
-        key = _PER_LAYER[name].format(l=0) if name in _PER_LAYER else _GLOBAL[name]
-        return key in p
+        if name in _GLOBAL:
+            return _GLOBAL[name] in p
+        return _layer_weight(p, _PER_LAYER[name].format(l=0), self.cfg.n_heads) is not None
 
     def weight(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor:
         """Weight `name` (one of `WEIGHT_NAMES`), stacked over layers for per-layer weights. `dtype`, `device`:
@@ -180,12 +181,14 @@ class ModelView:
                     f"{self.cfg.positional_embedding_type!r}, attn_only={self.cfg.attn_only})"
                 )
             return p[key].to(device=device, dtype=dtype)
-        keys = [_PER_LAYER[name].format(l=layer) for layer in range(self.cfg.n_layers)]
-        if any(k not in p for k in keys):
+        found = [
+            _layer_weight(p, _PER_LAYER[name].format(l=layer), self.cfg.n_heads) for layer in range(self.cfg.n_layers)
+        ]
+        if any(w is None for w in found):
             raise ValueError(
                 f"{name}: this model has none (attn_only={self.cfg.attn_only}, gated_mlp={self.cfg.gated_mlp})"
             )
-        layers = [p[k] for k in keys]
+        layers: list[Tensor] = found  # type: ignore[assignment]
         dtype, device = dtype or layers[0].dtype, torch.device(device) if device is not None else layers[0].device
         if dtype == layers[0].dtype and device == layers[0].device:
             return torch.stack(layers)
@@ -394,3 +397,16 @@ class _WeightsOnly:
 def as_view(model: ModelLike) -> ModelView:
     """`ModelView` for `model` (returned unchanged when it already is one)."""
     return model if isinstance(model, ModelView) else ModelView(model)
+
+
+def _layer_weight(params: Mapping[str, Tensor], key: str, n_heads: int) -> Tensor | None:
+    """One layer's weight `key`, or None where the model has none. Grouped-query attention in a HookedTransformer
+    stores K and V per key-value head (`attn._W_K`, `attn._b_V`: `[n_key_value_heads, ...]`); like TransformerLens'
+    own `W_K` property, each is repeated for the query heads that share it, giving `[n_heads, ...]`."""
+    if key in params:
+        return params[key]
+    module, _, leaf = key.rpartition(".")
+    grouped = params.get(f"{module}._{leaf}")
+    if grouped is None:
+        return None
+    return grouped.repeat_interleave(n_heads // grouped.shape[0], dim=0)
