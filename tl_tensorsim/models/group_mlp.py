@@ -136,6 +136,11 @@ class GroupMLP(HookedRootModule):
         self.cfg = cfg
         if table is None:
             table = _table(cfg.group)
+        if table.shape[0] < 2:
+            raise ValueError(
+                f"group: expected a group of order >= 2 (with one element there is nothing to predict); "
+                f"got {cfg.group} of order {table.shape[0]}"
+            )
         self.register_buffer("table", table.clone().long(), persistent=False)
         order, d, h = table.shape[0], cfg.d_embed, cfg.d_hidden
         g = torch.Generator().manual_seed(cfg.seed)
@@ -243,6 +248,10 @@ def split(order: int, frac: float, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (into `all_pairs`) of the training and test pairs: a seeded random `frac` of the order² pairs."""
     perm = torch.randperm(order * order, generator=torch.Generator().manual_seed(seed))
     n = int(frac * order * order)
+    if n < 1:
+        raise ValueError(
+            f"train_frac: {frac} of the {order * order} pairs is no training pair; expected a larger fraction"
+        )
     return perm[:n], perm[n:]
 
 
@@ -341,6 +350,13 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None)
     """The model `save` wrote, in eval mode, with `training_summary` attached."""
     tensors, meta = load_artifact(directory, kind=KIND)
     model = GroupMLP(GroupMLPConfig.from_dict(meta["config"]))
+    expected = {k for k in model.state_dict() if k != "table"}  # the table is the group's, rebuilt from its name
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise ValueError(
+            f"directory: {directory} does not hold a {meta['config'].get('group')} GroupMLP's weights (missing "
+            f"{missing}, unexpected {extra}; hint: a folder written by group_mlp.save or `tl-tensorsim train`)"
+        )
     model.load_state_dict(tensors, strict=False)
     model.training_summary = meta.get("training", {})
     return model.to(device or "cpu").eval()

@@ -36,6 +36,8 @@ def group_elements(name: str) -> tuple[list[tuple[int, ...]], list[tuple[int, ..
     if kind not in ("S", "A", "C", "D") or not digits.isdigit():
         raise ValueError(f"group: expected 'S<n>', 'A<n>', 'C<n>' or 'D<n>'; got {name!r}")
     n = int(digits)
+    if digits != str(n):
+        raise ValueError(f"group: expected a name without leading zeros; got {name!r} (did you mean '{kind}{n}'?)")
     low = {"S": 1, "A": 2, "C": 1, "D": 3}[kind]
     if n < low or (kind in "SA" and n > 7):
         raise ValueError(f"group: {kind}<n> needs {low} <= n{' <= 7' if kind in 'SA' else ''}; got {name!r}")

@@ -4,12 +4,13 @@ model's own forward pass) agrees with itself and with brute force; `summarise` c
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from tl_tensorsim.models import group_mlp
-from tl_tensorsim.proofs.groups import brute_force
+from tl_tensorsim.proofs.groups import brute_force, experiment
 from tl_tensorsim.proofs.groups.experiment import forward_pass, prove_model, run_experiment, summarise
 
 
@@ -70,10 +71,23 @@ def test_run_experiment_trains_proves_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("groups", "recipe", "match"), [(["C5", "X9"], "fast", "name: expected"), (["C5"], "slow", "recipe")]
+    ("groups", "recipe", "match"),
+    [(["C5", "X9"], "fast", "name: expected"), (["C5"], "slow", "recipe"), (["C5", "C1"], "fast", "no pair to train")],
 )
 def test_run_experiment_refuses_bad_input_before_training(tmp_path, groups, recipe, match):
     out = tmp_path / "runs.jsonl"
     with pytest.raises(ValueError, match=match):
         run_experiment(groups, [0], out, recipe=recipe)
     assert not out.exists()  # nothing trained, nothing written
+
+
+def test_run_experiment_refuses_a_file_of_another_recipe(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "runs.jsonl"
+    out.write_text(json.dumps({"group": "C5", "seed": 0, "recipe": "fast"}) + "\n")
+    with pytest.raises(ValueError, match="'fast' recipe"):
+        run_experiment(["C5"], [0], out, recipe="published")
+    assert len(out.read_text().splitlines()) == 1  # nothing trained, nothing appended
+    with pytest.raises(SystemExit) as exit_info:  # the script: a usage error, no traceback
+        monkeypatch.setattr(sys, "argv", ["experiment", "--groups", "Q8", "--out", str(out)])
+        experiment.main()
+    assert exit_info.value.code == 2 and "name: expected" in capsys.readouterr().err

@@ -103,3 +103,53 @@ def test_fused_train_loss_matches_the_module_forward(scale):
     for g, r, x in zip(grads, ref_grads, exact_grads):
         err, ref_err = float((g.double() - x).norm()), float((r.double() - x).norm())
         assert err <= 2 * ref_err + 1e-6 * float(x.norm()), (err, ref_err)
+
+
+def test_load_refuses_missing_or_foreign_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = GroupMLPConfig(group="S3", d_embed=8, d_hidden=8, steps=2, eval_every=1)
+    path = group_mlp.save(group_mlp.train(cfg, progress=False), tmp_path / "m")
+    tensors = load_file(path / "tensors.safetensors")
+    save_file({k: v for k, v in tensors.items() if k != "W_U"}, path / "tensors.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['W_U'\]"):
+        group_mlp.load(path)
+    save_file({**tensors, "extra": torch.zeros(1)}, path / "tensors.safetensors")
+    with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
+        group_mlp.load(path)
+
+
+def test_groups_the_model_and_the_proofs_refuse():
+    from tl_tensorsim.proofs import groups
+
+    with pytest.raises(ValueError, match="order >= 2"):
+        GroupMLP("C1")
+    with pytest.raises(ValueError, match="did you mean 'S4'"):
+        GroupMLP("S04")
+    with pytest.raises(ValueError, match="no training pair"):
+        group_mlp.split(2, 0.2, 0)
+    klein = groups.from_permutations("V4", [(0, 1, 2, 3), (1, 0, 3, 2), (2, 3, 0, 1), (3, 2, 1, 0)], [(1, 0, 3, 2)])
+    model = GroupMLP(klein, d_embed=8, d_hidden=8)
+    assert model(torch.tensor([[1, 2]])).shape == (1, 4)  # a custom group trains and runs
+    with pytest.raises(ValueError, match="'V4' is not one they know"):
+        groups.brute_force(model)
+    s4 = symmetric(4)  # S4's elements in another order, under the name "S4": proofs would read the wrong table
+    reordered = groups.from_permutations("S4", s4.elements[::-1], [s4.elements[g] for g in s4.generators])
+    with pytest.raises(ValueError, match="not S4's"):
+        groups.explain(GroupMLP(reordered, d_embed=8, d_hidden=8))
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"min_neurons": 0}, "min_neurons"),
+        ({"cos": 2.0}, "cos"),
+        ({"min_fill": -1}, "min_fill"),
+        ({"coset_tol": "x"}, "coset_tol"),
+    ],
+)
+def test_explain_checks_its_settings(setting, match):
+    from tl_tensorsim.proofs import groups
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        groups.explain(GroupMLP("S3", d_embed=8, d_hidden=8), **setting)

@@ -61,6 +61,7 @@ def test_cosets_partition_the_group():
         (lambda: dihedral(2), ValueError),
         (lambda: group_by_name("Q8"), ValueError),
         (lambda: symmetric(8), ValueError),
+        (lambda: group_by_name("S04"), ValueError),
     ],
 )
 def test_bad_arguments(call, err):

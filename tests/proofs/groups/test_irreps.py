@@ -19,7 +19,17 @@ from tl_tensorsim.proofs.groups import (
     symmetric,
 )
 
-GROUPS = [symmetric(3), symmetric(4), symmetric(5), alternating(4), alternating(5), cyclic(7), cyclic(8), dihedral(6)]
+GROUPS = [
+    symmetric(3),
+    symmetric(4),
+    symmetric(5),
+    alternating(4),
+    alternating(5),
+    cyclic(7),
+    cyclic(8),
+    dihedral(6),
+    dihedral(3),
+]
 
 
 @pytest.mark.parametrize("G", GROUPS, ids=lambda g: g.name)

@@ -103,11 +103,9 @@ def run_experiment(groups: list[str], seeds: list[int], out: str | Path, recipe:
     counts the models left, with the last one's accuracy and Fourier bound. Returns all rows."""
     from tqdm.auto import tqdm
 
-    from tl_tensorsim.models.group_mlp import GroupMLPConfig, train
+    from tl_tensorsim.models.group_mlp import train
 
-    for group in groups:
-        group_by_name(group)  # the proofs need a named group: refused before any training
-    configs = {group: GroupMLPConfig(group=group, recipe=recipe) for group in groups}
+    configs = check_request(groups, recipe, out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["group"], r["seed"]) for r in _read(out)}
@@ -123,6 +121,28 @@ def run_experiment(groups: list[str], seeds: list[int], out: str | Path, recipe:
                 f.write(json.dumps(row) + "\n")
             bar.set_postfix(model=f"{group}:{seed}", acc=f"{row['accuracy']:.4f}", fourier=row["rho_set_fourier_bound"])
     return _read(out)
+
+
+def check_request(groups: list[str], recipe: str, out: str | Path) -> dict[str, Any]:
+    """The config per group, after checking, before any training, that every group is one the proofs know and a
+    model can be trained on (order >= 2, at least one training pair), and that `out` holds no rows of another recipe
+    (a ValueError naming the argument otherwise)."""
+    from tl_tensorsim.models.group_mlp import GroupMLPConfig
+
+    configs = {}
+    for group in groups:
+        order = group_by_name(group).order
+        config = GroupMLPConfig(group=group, recipe=recipe)
+        if order < 2 or int(config.resolved_frac * order * order) < 1:
+            raise ValueError(f"groups: {group} (order {order}) leaves no pair to train on; expected order >= 2")
+        configs[group] = config
+    other = sorted({r.get("recipe", "fast") for r in _read(Path(out))} - {recipe})
+    if other:
+        raise ValueError(
+            f"out: {out} holds rows trained with the {other[0]!r} recipe; got recipe {recipe!r} (hint: another --out "
+            "per recipe, so that resuming and the summary read one recipe)"
+        )
+    return configs
 
 
 def _read(path: Path) -> list[dict]:
@@ -184,6 +204,10 @@ def main() -> None:
     parser.add_argument("--recipe", default="fast", choices=["fast", "published"])
     parser.add_argument("--out", default="group_proofs.jsonl")
     args = parser.parse_args()
+    try:
+        check_request(args.groups, args.recipe, args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
     rows = run_experiment(
         args.groups, list(range(args.first_seed, args.first_seed + args.seeds)), args.out, args.recipe
     )

@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_tensorsim.artifacts import Artifact, Provenance
-from tl_tensorsim.checks import check_finite_weights
+from tl_tensorsim.checks import check_finite_weights, checked_int, checked_number
 from tl_tensorsim.proofs.groups.fourier import irrep_power
 from tl_tensorsim.proofs.groups.fourier_fit import choose_irreps, fit_centre
 from tl_tensorsim.proofs.groups.groups import Group, group_by_name
@@ -30,7 +30,16 @@ def model_group(model: Any) -> Group:
         if not hasattr(model, attr):
             raise TypeError(f"model: expected a GroupMLP (tl_tensorsim.models.group_mlp); got {type(model).__name__}")
     check_finite_weights({n: getattr(model, n) for n in ("embed_left", "embed_right", "W", "W_U")})
-    return group_by_name(model.cfg.group)
+    try:
+        group = group_by_name(model.cfg.group)
+    except ValueError as exc:
+        raise ValueError(
+            f"model: the proofs rebuild a model's group from its name, and {model.cfg.group!r} is not one they know "
+            f"({exc}); a GroupMLP on a custom Group trains and runs, but only S<n>, A<n>, C<n> and D<n> are proved"
+        ) from None
+    if not torch.equal(model.table.cpu(), group.table):
+        raise ValueError(f"model: its multiplication table is not {group.name}'s (a custom table under that name)")
+    return group
 
 
 def check_explanation(model: Any, explanation: Any) -> Group:
@@ -186,7 +195,11 @@ def explain(
     idealised readout Φ̂ (`choose_irreps`: in the circuits' irreps or the leading irreps of the readout, whichever
     the Fourier check certifies more pairs with, each least-squares fit refined for that count; `settings[
     "fourier_estimate"]`); cost O(|G|²·m) for the Fourier transforms and the coset scan, plus one Fourier check and
-    one refinement (`fourier_fit.refine_phi_hat`) per candidate irrep set."""
+    one refinement (`fourier_fit.refine_phi_hat`) per candidate irrep set. The settings are checked first:
+    `min_neurons` >= 1, `cos` and `min_fill` in [0, 1], `coset_tol` >= 0."""
+    checked_int(min_neurons, "min_neurons", 1, "an integer >= 1")
+    cos, min_fill = checked_number(cos, "cos", 0.0, 1.0), checked_number(min_fill, "min_fill", 0.0, 1.0)
+    coset_tol = checked_number(coset_tol, "coset_tol", 0.0)
     group, wl, wr, wu = model_tables(model)
     names = [r.name for r in irreps(group)]
     pl, pr, pu = irrep_power(wl, group), irrep_power(wr, group), irrep_power(wu.T, group)

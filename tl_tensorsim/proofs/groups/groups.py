@@ -215,4 +215,6 @@ def group_by_name(name: str) -> Group:
     makers = {"S": symmetric, "A": alternating, "C": cyclic, "D": dihedral}
     if not isinstance(name, str) or len(name) < 2 or name[0] not in makers or not name[1:].isdigit():
         raise ValueError(f"name: expected 'S<n>', 'A<n>', 'C<n>' or 'D<n>'; got {name!r}")
+    if name[1:] != str(int(name[1:])):
+        raise ValueError(f"name: expected no leading zeros; got {name!r} (did you mean '{name[0]}{int(name[1:])}'?)")
     return makers[name[0]](int(name[1:]))
