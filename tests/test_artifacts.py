@@ -196,6 +196,44 @@ def test_load_names_a_kind_whose_module_is_not_imported(tmp_path, monkeypatch):
     assert type(back).__name__ == "LazyResult" and back.note == "hi" and torch.equal(back.values, torch.ones(2))
 
 
+def test_round_trip_keeps_the_order_of_mappings(tmp_path):
+    """cfg.json keeps insertion order (it was written with sorted keys): per-layer dicts, nested values and
+    provenance settings come back in the order they were built, so `blocks.2` stays before `blocks.10`."""
+    names = ["blocks.2.hook_resid_post", "blocks.10.hook_resid_pre", "blocks.1.hook_resid_mid"]
+    r = _Declared(
+        values=torch.zeros(3),
+        pairs=(),
+        names=names,
+        groups={n: (i,) for i, n in enumerate(names)},
+        provenance=Provenance(settings={"z": 1, "a": {"y": 2, "b": 3}}),
+    )
+    back = ts.load(r.save(tmp_path / "r"))
+    assert back.names == names and list(back.groups) == names and back.groups == r.groups
+    assert list(back.provenance.settings) == ["z", "a"] and list(back.provenance.settings["a"]) == ["y", "b"]
+    meta = json.loads((tmp_path / "r" / CONFIG_FILE).read_text())
+    assert list(meta)[:3] == ["kind", "format_version", "tl_tensorsim_version"]  # what it is, first
+    assert list(meta["fields"]["groups"]) == names
+
+
+def test_load_returns_a_saved_model(tmp_path):
+    """`ts.load` on a saved HookedTensorNetwork returns it (it named an unknown kind and told the user to import
+    a module); a shipped trained model comes back as its module's `load`."""
+    from tl_tensorsim.models import group_mlp
+
+    net = ts.HookedTensorNetwork(ts.TensorNetworkConfig(d_in=4, d_model=3, d_hidden=5, d_out=2, seed=1))
+    back = ts.load(net.save(tmp_path / "net"))
+    assert isinstance(back, ts.HookedTensorNetwork) and back.cfg == net.cfg
+    x = torch.randn(2, 4)
+    assert torch.equal(back(x), net(x))
+    assert type(ts.load(group_mlp.shipped("S5")[0])).__name__ == "GroupMLP"
+
+
+def test_load_names_the_call_for_a_training_checkpoint(tmp_path):
+    path = save_artifact(tmp_path / "step", {"model/w": torch.zeros(1)}, {"step": 3}, kind="TrainingCheckpoint")
+    with pytest.raises(ValueError, match=r"holds a 'TrainingCheckpoint'.*tl_tensorsim.training.load_run\(run_folder"):
+        ts.load(path)
+
+
 @dataclass
 class _Settings(DictConfig):
     lr: float = 1e-3

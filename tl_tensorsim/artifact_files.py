@@ -84,7 +84,7 @@ def _sibling(directory: Path, tag: str) -> Path:
 
 def save_artifact(directory: str | os.PathLike, tensors: dict[str, Tensor], config: dict[str, Any], kind: str) -> Path:
     """Write `tensors` (safetensors, each in its own dtype, on the CPU) and `config` (JSON, with `kind`,
-    `format_version` and the library version) to `directory`.
+    `format_version` and the library version first, then `config`'s keys in their own order) to `directory`.
 
     The folder is replaced atomically (an existing folder must hold only a saved result); its parent is created
     if needed. Folder and files get the umask's permissions (0755 / 0644 under umask 022).
@@ -96,8 +96,10 @@ def save_artifact(directory: str | os.PathLike, tensors: dict[str, Tensor], conf
     reserved = sorted(set(config) & set(RESERVED_KEYS))
     if reserved:
         raise ValueError(f"config: keys {reserved} are written by save_artifact itself; rename them")
-    meta = {**config, "kind": kind, "format_version": FORMAT_VERSION, "tl_tensorsim_version": library_version()}
-    text = json.dumps(meta, indent=2, sort_keys=True, default=json_default)  # fails before anything is written
+    meta = {"kind": kind, "format_version": FORMAT_VERSION, "tl_tensorsim_version": library_version(), **config}
+    # Keys keep their insertion order (no sort_keys): mappings such as per-layer results are read back in the order
+    # they were built, so a round trip keeps layer order (blocks.2 before blocks.10). Fails before anything is written.
+    text = json.dumps(meta, indent=2, default=json_default)
     _check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(directory, "tmp")

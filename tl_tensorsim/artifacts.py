@@ -28,7 +28,7 @@ import os
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -84,19 +84,48 @@ class Provenance:
 _KINDS: dict[str, type[Artifact]] = {}
 
 
-def load(directory: str | os.PathLike) -> Artifact:
+# Kinds written by `save_artifact` outside the `Artifact` mechanism, which `load` cannot read: the call that can.
+_OTHER_LOADERS = {
+    "TrainingCheckpoint": "tl_tensorsim.training.load_run(run_folder, model) (it is one step of a training run)",
+    "TrainingState": "tl_tensorsim.training.load_run(run_folder, model) (it is one step of a training run)",
+}
+# Where `load` looks for a saved kind that is no `Artifact` (a model): functions kind -> its `load(directory)` or
+# None, registered by the layers above (`register_loader`), so that this module imports none of them.
+_FINDERS: list[Callable[[str], Callable[[str | os.PathLike], Any] | None]] = []
+
+
+def register_loader(find: Callable[[str], Callable[[str | os.PathLike], Any] | None]) -> None:
+    """Let `load` read saved objects that are not `Artifact`s: `find(kind)` returns the `load(directory)` for a
+    kind it knows, else None (`models.tensor_network` and `models.registry` register theirs)."""
+    if find not in _FINDERS:
+        _FINDERS.append(find)
+
+
+def load(directory: str | os.PathLike) -> Any:
     """The result saved in `directory`, as the type that saved it (`HeadSimilarity`, `TensorSimilarityMatrix`,
-    `Circuit`, ...): `tl_tensorsim.load(dir)`. Errors name the folder (see `load_artifact`)."""
+    `Circuit`, ...): `tl_tensorsim.load(dir)`. Errors name the folder (see `load_artifact`).
+
+    A saved model comes back as its own loader returns it: a `HookedTensorNetwork` (`net.save(dir)`) as
+    `HookedTensorNetwork.load(dir)`, a trained model of `tl_tensorsim.models` as that module's `load(dir)`."""
     tensors, config = load_artifact(directory)
     kind = config.get("kind")
     # Importing any tl_tensorsim module runs the package's __init__, which imports every analysis, so every
     # shipped kind is registered by now; a kind from a user's own module needs that module imported.
-    if not isinstance(kind, str) or kind not in _KINDS:
+    if isinstance(kind, str) and kind in _KINDS:
+        return _KINDS[kind]._from_stored(Path(directory), tensors, config)
+    for find in _FINDERS if isinstance(kind, str) else ():
+        loader = find(kind)
+        if loader is not None:
+            return loader(directory)
+    if kind in _OTHER_LOADERS:
         raise ValueError(
-            f"directory: {directory} holds a result of unknown kind {kind!r}; known kinds: {sorted(_KINDS)}; "
-            "import the module that defines it, or upgrade tl_tensorsim"
+            f"directory: {directory} holds a {kind!r}, which tl_tensorsim.load does not read; "
+            f"read it with {_OTHER_LOADERS[kind]}"
         )
-    return _KINDS[kind]._from_stored(Path(directory), tensors, config)
+    raise ValueError(
+        f"directory: {directory} holds a result of unknown kind {kind!r}; known kinds: {sorted(_KINDS)}; "
+        "import the module that defines it, or upgrade tl_tensorsim"
+    )
 
 
 def _from_json(value: Any, tp: Any) -> Any:

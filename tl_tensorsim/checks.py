@@ -50,6 +50,16 @@ def checked_int(value: Any, argument: str, minimum: int, expected: str) -> int:
     return value
 
 
+def checked_number(value: Any, argument: str, low: float, high: float = float("inf")) -> float:
+    """`value` as a Python float in [low, high] (bools, non-numbers and NaN rejected), else a `TypeError` /
+    `ValueError` naming `argument`, the range and the given value."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{argument}: expected a number in [{low}, {high}]; got {value!r} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ValueError(f"{argument}: expected a number in [{low}, {high}]; got {value!r}")
+    return float(value)
+
+
 def as_token_tensor(value: Any, argument: str, *, allow_1d: bool = True) -> Tensor:
     """Token ids as a `LongTensor [batch, pos]`: a tensor, or anything `torch.as_tensor` takes (lists of ints).
 
@@ -112,10 +122,16 @@ def check_finite_weights(weights: dict[str, Tensor], argument: str = "model") ->
 
 
 def output_indices(output: int | Sequence[int] | None, d_out: int, argument: str = "output") -> list[int] | None:
-    """`output` as a list of indices in `[-d_out, d_out)` (None stays None: every output)."""
+    """`output` as a list of indices in `[-d_out, d_out)` (None stays None: every output). An empty selection is a
+    `ValueError`: it would sum no output, so every network would have norm 0 and every similarity 0."""
     if output is None:
         return None
     idx = [output] if isinstance(output, int) else list(output)
+    if not idx:
+        raise ValueError(
+            f"{argument}: expected an int or a non-empty sequence of output indices in [0, {d_out}), or None for "
+            f"every output; got {output!r}, which selects no output (a zero network, similarity 0). Hint: {argument}=None"
+        )
     for c in idx:
         if not -d_out <= int(c) < d_out:
             raise ValueError(f"{argument}: index {c} out of range for d_out={d_out}")

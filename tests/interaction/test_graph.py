@@ -155,3 +155,65 @@ def test_bad_input(setup):
             fn(*args, model, data, lambda logits: logits.sum(), **kwargs)
     with pytest.raises(TypeError, match="metric: expected a callable"):
         node_ablation(basis, model, data, "accuracy", node=0, keep=[1])
+
+
+def test_ablation_curve_round_trip_keeps_layer_order(tmp_path):
+    """Layers come back in the order they were computed (blocks.2 before blocks.10, not alphabetically): repr,
+    to_dataframe rows and plot legend follow it."""
+    import tl_tensorsim as ts
+
+    keys = ["blocks.2.hook_resid_post -> blocks.10.hook_resid_pre", "blocks.10.hook_resid_pre -> output"]
+    curve = AblationCurve(
+        kind="edges",
+        basis="ib",
+        clean=1.0,
+        baseline={keys[0]: 1.0, keys[1]: 0.5},
+        curves={keys[0]: [[0, 0.25], [3, 1.0]], keys[1]: [[5, 0.5]]},
+        needed={keys[0]: 3, keys[1]: 5},
+        tolerance=0.0,
+    )
+    back = ts.load(curve.save(tmp_path / "curve"))
+    assert back == curve and repr(back) == repr(curve)
+    assert list(back.needed) == list(back.curves) == list(back.baseline) == keys
+    assert back.to_dataframe()["layer"].tolist() == curve.to_dataframe()["layer"].tolist() == [keys[0]] * 2 + keys[1:]
+
+
+def test_basis_and_model_of_other_width_are_refused_before_any_work(setup, monkeypatch):
+    """A basis built on d_model 8 with a d_model 4 model: a ValueError naming the layer and both widths (was a
+    matmul RuntimeError deep inside), from every entry point that takes a basis and a model."""
+    model, data, basis, graph, metric = setup
+    narrow = tiny(0, d_model=4, d_head=2)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("activations were collected before the widths were checked")
+
+    monkeypatch.setattr(sections, "collect", no_work)
+    match = r"model: node layer 'blocks.0.hook_resid_pre' has width 4 in .*; expected 8, the width the basis was built"
+    with pytest.raises(ValueError, match=match):
+        interaction_graph(basis, narrow, data, progress=False)
+    with pytest.raises(ValueError, match=match):
+        node_ablation(basis, narrow, data, metric, node="blocks.0.hook_resid_mid", keep=[1])
+    with pytest.raises(ValueError, match=match):
+        edge_ablation(graph, basis, narrow, data, metric)
+    other_vocab = tiny(0, d_vocab=17)
+    with pytest.raises(ValueError, match=r"model: node layer 'output' has d_vocab 17 .*; expected 13"):
+        interaction_graph(basis, other_vocab, data, progress=False)
+    with pytest.raises(TypeError, match="basis: expected an InteractionBasis"):
+        node_ablation(graph, model, data, metric, node=0, keep=[1])
+
+
+def test_node_ablation_refuses_keep_beyond_the_basis(setup):
+    """keep=[1000] with 9 directions was silently clamped and recorded as k=1000."""
+    model, data, basis, _, metric = setup
+    m = basis.kept[0]
+    match = (
+        rf"keep: expected ints in \[0, {m}\] \(node layer 'blocks.0.hook_resid_pre' has {m} ib directions\); got 1000"
+    )
+    with pytest.raises(ValueError, match=match):
+        node_ablation(basis, model, data, metric, node=0, keep=[m, 1000])
+    with pytest.raises(ValueError, match=r"keep: expected ints in \[0, .*got -1"):
+        node_ablation(basis, model, data, metric, node=0, keep=[-1])
+    with pytest.raises(TypeError, match=r"keep: expected a sequence of ints .*Hint: keep=\[3\]"):
+        node_ablation(basis, model, data, metric, node=0, keep=3)
+    res = node_ablation(basis, model, data, metric, node=0, keep=[m])
+    assert [k for k, _ in res.curves["blocks.0.hook_resid_pre"]] == [m]

@@ -73,3 +73,20 @@ def test_baseline_errors(pair64, tokens):
         behavioral_similarity(a, tokens=torch.randn(2, 3))
     with pytest.raises(ValueError, match="tokens"):
         behavioral_similarity(a, tokens=torch.full((1, 3), 40))
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0)])
+def test_behavioral_refuses_an_empty_token_batch(pair64, shape):
+    """No sequences or no positions: a ValueError naming tokens and its shape (was an all-zero result, so even a
+    model's self-similarity read 0)."""
+    a, b = pair64
+    empty = torch.zeros(shape, dtype=torch.long)
+    match = rf"tokens: expected at least one sequence of at least one position .*got shape \[{shape[0]}, {shape[1]}\]"
+    with pytest.raises(ValueError, match=match):
+        head_similarity(a, a, metric="behavioral", tokens=empty)
+    with pytest.raises(ValueError, match=match):
+        behavioral_similarity(a, b, tokens=empty)
+    with pytest.raises(ValueError, match=match):
+        head_outputs(ts.as_view(a), empty)
+    with pytest.raises(ValueError, match=match):  # before any checkpoint is loaded
+        ts.checkpoint_similarity([lambda: pytest.fail("loaded"), a], metric="behavioral", tokens=empty, progress=False)

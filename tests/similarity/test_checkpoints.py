@@ -181,6 +181,27 @@ def test_result_jump_plot_dataframe_save_load(run, tmp_path):
     assert "6 heads x 4 checkpoints" in repr(res)
 
 
+def test_a_single_checkpoint_plots_and_largest_jump_says_why_not(run, tmp_path):
+    """One checkpoint is a valid (1 x 1 per head) result: plot() draws it (the first head by default);
+    largest_jump() raises a ValueError, not an IndexError from argmax over no differences."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = checkpoint_similarity(run[:1], "QK", steps=[500], progress=False)
+    assert res.values.shape == (6, 1, 1)
+    torch.testing.assert_close(res.values, torch.ones(6, 1, 1, dtype=torch.float64))
+    with pytest.raises(
+        ValueError, match=r"largest_jump: expected a result of at least two checkpoints; got 1 \(steps \[500\]\)"
+    ):
+        res.largest_jump("L0H1")
+    fig = res.plot(path=tmp_path / "one.png")
+    assert (tmp_path / "one.png").stat().st_size > 1000 and fig.axes[1].get_title().startswith("L0H0")
+    plt.close(fig)
+    plt.close(res.plot(head="L1H2"))
+
+
 def test_plot_marks_pairs_not_computed_apart_from_zero(tmp_path):
     """pairs="final" leaves NaN cells: drawn grey (opaque) with a legend entry, never the near-white of 0."""
     import matplotlib

@@ -126,6 +126,26 @@ def test_mismatched_models_raise():
         tensor_similarity(a, a, output=7)
 
 
+def test_an_empty_output_selection_is_refused():
+    """output=[] selects no output: a ValueError (it returned 0 with a "zero norm" warning, even for a network
+    against itself)."""
+    a = random_net(0, n_layers=1)
+    match = r"output: expected an int or a non-empty sequence of output indices .*got (\[\]|\(\)), which selects no output"
+    calls = (
+        lambda: tensor_similarity(a, a, output=[]),
+        lambda: tensor_similarity(a, a, "gaussian", output=()),
+        lambda: tensor_inner(a, a, output=[]),
+        lambda: tensor_similarity_matrix([a, a], output=[]),
+        lambda: tensor_similarity(a, a, "gaussian", method="monte_carlo", output=[]),
+    )
+    for call in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no zero-norm warning first
+            with pytest.raises(ValueError, match=match):
+                call()
+    assert float(tensor_similarity(a, a, output=[0])) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_per_output_matrices_from_one_computation():
     nets = _checkpoints(3, n_layers=1, d_out=3)
     slices = tensor_similarity_matrix(nets, per_output=True)

@@ -104,6 +104,30 @@ def test_extracted_mlp_matches_the_transformer_block(normalization_type):
         assert torch.allclose(x.grad, y.grad, atol=1e-12)
 
 
+def test_extract_mlp_is_a_function_of_ln2_normalized_not_hook_mlp_in():
+    """The docstring named `hook_mlp_in` as the input; it fires before `ln2`, so with LayerNorm the extracted
+    layer applied there misses `hook_mlp_out`. Only `ln2.hook_normalized` is right."""
+    import inspect
+
+    from tl_tensorsim.adapter import ModelView
+
+    doc = inspect.getdoc(extract_mlp)
+    assert "`blocks.{layer}.ln2.hook_normalized`" in doc and "i.e. `blocks.{layer}.hook_mlp_in`" not in doc
+    assert "Not `blocks.{layer}.hook_mlp_in`: that hook fires before `ln2`" in doc
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = bilinear_config(bridge=True, normalization_type="LN", **{k: v for k, v in SMALL.items() if k != "dtype"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        view = ModelView(TransformerBridge.boot_native(cfg, dtype=torch.float64).eval())  # TransformerLens 3 and 4
+    names = ["blocks.0.hook_mlp_in", "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"]
+    with view.gates("blocks.0.hook_mlp_in"):
+        _, cache = view.run_with_cache(torch.randint(0, SMALL["d_vocab"], (2, 5)), names=names)
+    bil, out = extract_mlp(view.model, 0), cache["blocks.0.hook_mlp_out"]
+    assert torch.allclose(bil(cache["blocks.0.ln2.hook_normalized"]), out, atol=1e-12)
+    assert not torch.allclose(bil(cache["blocks.0.hook_mlp_in"]), out, atol=1e-3)
+
+
 def test_transformer_and_tensor_network_give_the_same_number():
     a, b = _bilinear_transformer(1), _bilinear_transformer(2)
     for metric in ("frobenius", "gaussian"):

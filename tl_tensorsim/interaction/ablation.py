@@ -35,7 +35,7 @@ from tl_tensorsim.linalg import chunk_ranges
 
 from . import sections
 from .basis import InteractionBasis, _check_tokens
-from .graph import InteractionGraph, _last_from
+from .graph import InteractionGraph, check_basis_model
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -147,17 +147,27 @@ def node_ablation(
     check_choice(which, ("ib", "pca"), "which")
     _check_metric(metric)
     view = as_view(model)
+    check_basis_model(basis, view)
     tokens = _check_tokens(view, data, "data")
     l = basis.index(node)
     name = basis.node_layers[l]
     if name == sections.OUTPUT:
         raise ValueError("node: the logits ('output') have no hook point to ablate; pick an earlier node layer")
     nb = basis.node(l, which)
-    ks = [checked_int(k, "keep", 0, f"ints in [0, {nb.C.shape[1]}]") for k in keep]
+    m = nb.C.shape[1]
+    expected = f"ints in [0, {m}] (node layer {name!r} has {m} {which} directions)"
+    if isinstance(keep, int):
+        raise TypeError(f"keep: expected a sequence of {expected}; got the int {keep}. Hint: keep=[{keep}]")
+    ks = [checked_int(k, "keep", 0, expected) for k in keep]
+    too_many = [k for k in ks if k > m]
+    if too_many:
+        raise ValueError(
+            f"keep: expected {expected}; got {too_many[0]}. Hint: keep=range({m + 1}) sweeps every number kept"
+        )
     positions = -1 if basis.last_position[l] else None
     curve = []
     for k in ks:
-        fn = hooks.rotate(nb, keep=min(k, nb.C.shape[1]), positions=positions)
+        fn = hooks.rotate(nb, keep=k, positions=positions)
         total = 0.0
         with torch.no_grad():
             for a, b in chunk_ranges(tokens.shape[0], batch_size):
@@ -237,6 +247,8 @@ def edge_ablation(
     other sections unablated. Returns the evaluated points and `needed` per edge layer (`total_needed`: the sum)."""
     if not isinstance(graph, InteractionGraph):
         raise TypeError(f"graph: expected an InteractionGraph; got {type(graph).__name__}")
+    view = as_view(model)
+    check_basis_model(basis, view)
     if tuple(graph.node_layers) != tuple(basis.node_layers) or graph.sizes != tuple(
         basis.node(i, graph.basis).C.shape[1] for i in range(len(basis.node_layers))
     ):
@@ -244,9 +256,7 @@ def edge_ablation(
     if not float(tolerance) >= 0:
         raise ValueError(f"tolerance: expected a float >= 0; got {tolerance!r}")
     _check_metric(metric)
-    view = as_view(model)
     tokens = _check_tokens(view, data, "data")
-    sections.check_node_layers(view, basis.node_layers, _last_from(basis))
     todo = list(range(len(graph.edges))) if layers is None else [int(x) for x in layers]
     curves, needed, baseline = {}, {}, {}
     for l in todo:

@@ -138,7 +138,7 @@ def interaction_graph(
         raise TypeError(f"basis: expected an InteractionBasis; got {type(basis).__name__}")
     check_choice(which, ("ib", "pca"), "which")
     view = as_view(model)
-    layers = sections.check_node_layers(view, basis.node_layers, _last_from(basis))
+    layers = check_basis_model(basis, view)
     tokens = _check_tokens(view, data, "data")
     batch_size, chunk_size, n_stochastic_sources = _check_sizes(batch_size, chunk_size, n_stochastic_sources)
     n = len(layers)
@@ -242,6 +242,25 @@ def modules(graph: InteractionGraph, *, resolution: float = 1.0, normalise: str 
 def _has_constant(C: Tensor) -> bool:
     """Whether column 0 of `C` is the constant direction (a multiple of the folded-bias coordinate)."""
     return bool(C[-1, 0] != 0) and bool((C[:-1, 0] == 0).all())
+
+
+def check_basis_model(basis: InteractionBasis, view: Any) -> sections.NodeLayers:
+    """The basis's node layers, checked against `view` before any work: hook names of the model, in forward order
+    (`sections.check_node_layers`), each as wide as the basis was built on (`basis.dims[l] = d_l + 1`). A
+    `ValueError` naming `model`, the layer, both widths and a hint otherwise."""
+    if not isinstance(basis, InteractionBasis):
+        raise TypeError(f"basis: expected an InteractionBasis (interaction_basis(...)); got {type(basis).__name__}")
+    layers = sections.check_node_layers(view, basis.node_layers, _last_from(basis))
+    for name, d1 in zip(basis.node_layers, basis.dims):
+        d = sections.width(view, name)
+        if d != d1 - 1:
+            what = "d_vocab" if name == sections.OUTPUT else "width"
+            raise ValueError(
+                f"model: node layer {name!r} has {what} {d} in {view.cfg.model_name!r}; expected {d1 - 1}, the "
+                "width the basis was built on. Hint: pass the model the basis was computed from "
+                "(interaction_basis(model, ...))"
+            )
+    return layers
 
 
 def _last_from(basis: InteractionBasis) -> str | None:

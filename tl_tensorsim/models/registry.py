@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType, UnionType
 from typing import Any
 
-from tl_tensorsim.artifacts import CONFIG_FILE, load_artifact, save_artifact
+from tl_tensorsim.artifacts import CONFIG_FILE, load_artifact, register_loader, save_artifact
 from tl_tensorsim.model_io import load_tl_state_dict, tl_state_dict
 
 _REQUIRED = ("DESCRIPTION", "CONFIG", "SHIPPED", "train", "save", "load", "load_default")
@@ -51,6 +51,14 @@ def available() -> list[ModuleType]:
         if all(hasattr(module, attr) for attr in _REQUIRED):
             found.append(module)
     return sorted(found, key=_name)
+
+
+def _find_loader(kind: str) -> Any:
+    """The `load` of the model module whose `KIND` is `kind`, or None: how `tl_tensorsim.load` reads a saved model."""
+    return next((m.load for m in available() if getattr(m, "KIND", None) == kind), None)
+
+
+register_loader(_find_loader)
 
 
 def get(name: str) -> ModuleType:

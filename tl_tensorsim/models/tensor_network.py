@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover
     from transformer_lens.hook_points import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from tl_tensorsim.artifacts import DictConfig, load_artifact, save_artifact
+from tl_tensorsim.artifacts import DictConfig, load_artifact, register_loader, save_artifact
 from tl_tensorsim.models.bilinear import BilinearLayer, LinearLayer, TensorChain, as_linear
 
 
@@ -332,6 +332,9 @@ class HookedTensorNetwork(HookedRootModule):
             f"HookedTensorNetwork({c.model_name!r}: {src}, widths={c.stream_widths()}, d_hidden={c.d_hidden}, "
             f"d_out={c.d_out}, residual={c.residual}, bias={c.bias})"
         )
+
+
+register_loader(lambda kind: HookedTensorNetwork.load if kind == "HookedTensorNetwork" else None)
 
 
 def bilinear_classifier(d_in: int, d_hidden: int, d_out: int, seed: int | None, name: str) -> HookedTensorNetwork:

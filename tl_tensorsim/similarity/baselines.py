@@ -49,11 +49,22 @@ def raw_weight_similarity(
     return _result(va, vb, inner, na, nb, circuit, "raw_weight", {})
 
 
-def _check_tokens(tokens: Any, view: ModelView) -> Tensor:
+def check_token_batch(tokens: Any) -> Tensor:
+    """`tokens` as a non-empty `LongTensor [batch >= 1, pos >= 1]` (a `ValueError` naming `tokens` and its shape
+    otherwise: an empty batch has no head outputs, so every cosine would silently be 0)."""
     if not isinstance(tokens, Tensor):
         raise ValueError(f"tokens: expected an integer tensor [batch, pos]; got {type(tokens).__name__}")
     tokens = as_token_tensor(tokens, "tokens", allow_1d=False)
-    return check_token_range(tokens, "tokens", view.cfg.d_vocab, view.cfg.n_ctx)
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(
+            f"tokens: expected at least one sequence of at least one position [batch >= 1, pos >= 1]; got shape "
+            f"{list(tokens.shape)}. Hint: an empty batch has no head outputs to compare (every cosine would be 0)"
+        )
+    return tokens
+
+
+def _check_tokens(tokens: Any, view: ModelView) -> Tensor:
+    return check_token_range(check_token_batch(tokens), "tokens", view.cfg.d_vocab, view.cfg.n_ctx)
 
 
 def head_outputs(view: ModelView, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "n_heads batch pos d_model"]:

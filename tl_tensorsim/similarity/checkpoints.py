@@ -27,7 +27,7 @@ from tl_tensorsim.artifacts import Artifact, Provenance, expect_shape, save_figu
 from tl_tensorsim.checks import check_choice
 from tl_tensorsim.factored import Method
 from tl_tensorsim.linalg import cosine_from_parts
-from tl_tensorsim.similarity.baselines import head_outputs, raw_weight_vectors
+from tl_tensorsim.similarity.baselines import check_token_batch, head_outputs, raw_weight_vectors
 from tl_tensorsim.similarity.checkpoint_io import SummaryStore, resolve_checkpoints
 from tl_tensorsim.similarity.checkpoint_pairs import batched_pairs, token_level_pairs
 from tl_tensorsim.similarity.circuit_parts import circuit_factors, resolve_positions, token_parts
@@ -76,8 +76,15 @@ class CheckpointSimilarity(Artifact):
         return self.values[self.head_index(head)]
 
     def largest_jump(self, head: int | str) -> dict[str, Any]:
-        """Where the head's similarity-to-final rises most between consecutive checkpoints."""
+        """Where the head's similarity-to-final rises most between consecutive checkpoints. Needs at least two
+        checkpoints (a `ValueError` otherwise: with one there is no step between checkpoints)."""
         i = self.head_index(head)
+        if len(self.steps) < 2:
+            raise ValueError(
+                f"largest_jump: expected a result of at least two checkpoints; got {len(self.steps)} (steps "
+                f"{list(self.steps)}), so there is no jump between consecutive checkpoints. Hint: pass two or more "
+                "checkpoints to checkpoint_similarity"
+            )
         curve = self.to_final[i]
         k = int(torch.argmax(curve[1:] - curve[:-1]))
         return {
@@ -105,14 +112,18 @@ class CheckpointSimilarity(Artifact):
 
     def plot(self, head: int | str | None = None, highlight: list | None = None, path=None, logx: bool = False):
         """Left: every head's similarity-to-final curve (`highlight`ed heads in colour). Right: the `T x T`
-        matrix of `head` (default: the head with the largest jump); pairs not computed (`pairs="final"`) are grey,
-        with a legend entry, never the white of similarity 0. Saved to `path` when given."""
+        matrix of `head` (default: the head with the largest jump; the first head with a single checkpoint); pairs
+        not computed (`pairs="final"`) are grey, with a legend entry, never the white of similarity 0. Saved to
+        `path` when given."""
         import matplotlib.pyplot as plt
         import numpy as np
         from matplotlib.patches import Patch
 
         if head is None:
-            head = max(range(len(self.labels)), key=lambda i: self.largest_jump(i)["delta"])
+            if len(self.steps) < 2:
+                head = 0
+            else:
+                head = max(range(len(self.labels)), key=lambda i: self.largest_jump(i)["delta"])
         i = self.head_index(head)
         highlight = [self.head_index(h) for h in (highlight if highlight is not None else [i])]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -215,7 +226,10 @@ def checkpoint_similarity(
             `head_similarity`.
 
     Returns:
-        `CheckpointSimilarity` with `.values [n_heads, T, T]`, `.to_final [n_heads, T]`, `.plot()`.
+        `CheckpointSimilarity` with `.values [n_heads, T, T]`, `.to_final [n_heads, T]`, `.plot()`. A single
+        checkpoint (`T = 1`) is allowed: every head's 1 x 1 matrix is its self-similarity (1 unless the head is
+        zero), `.plot()` draws the one point, and `.largest_jump(head)` raises a `ValueError` (no consecutive
+        checkpoints to compare).
     """
     check_choice(circuit, Circuit, "circuit")
     check_choice(level, Level, "level")
@@ -223,8 +237,10 @@ def checkpoint_similarity(
     check_choice(pairs, ("all", "final"), "pairs")
     check_choice(method, Method, "method")
     check_choice(gram_precision, GramPrecision, "gram_precision")
-    if metric == "behavioral" and tokens is None:
-        raise ValueError("tokens: metric='behavioral' needs a token batch [batch, pos]")
+    if metric == "behavioral":
+        if tokens is None:
+            raise ValueError("tokens: metric='behavioral' needs a token batch [batch, pos]")
+        check_token_batch(tokens)  # before any checkpoint is loaded
     token_level = metric == "tensor" and level == "token"
     if positions and not token_level:
         raise ValueError("positions: only used with metric='tensor' and level='token'")

@@ -250,7 +250,7 @@ def cross_pass(A: PaddedStack, B: PaddedStack, G0: Tensor, gaussian: bool) -> tu
 
 
 def select_outputs(values: Tensor, output: int | Sequence[int] | None, d_out: int) -> Tensor:
-    """Sum the per-output values over the selected outputs (all when None)."""
+    """Sum the per-output values over the selected outputs (all when None; an empty selection is refused)."""
     idx = output_indices(output, d_out)
     return values.sum(-1) if idx is None else values[..., idx].sum(-1)
 

@@ -100,7 +100,9 @@ def bilinear_config(*, bridge: bool | None = None, **kwargs: Any) -> Any:
 
 def extract_mlp(model: ModelLike, layer: int) -> BilinearLayer:
     """Block `layer`'s MLP of a `HookedTransformer` / `TransformerBridge` as a `BilinearLayer`, as a function of
-    the MLP's own input (after `ln2`, i.e. `blocks.{layer}.hook_mlp_in` / `ln2.hook_normalized`).
+    the MLP's own input: the activation after `ln2`, `blocks.{layer}.ln2.hook_normalized` (with
+    `normalization_type=None` there is no `ln2`: `blocks.{layer}.hook_resid_mid`). Applied to it, the layer gives
+    `blocks.{layer}.hook_mlp_out`. Not `blocks.{layer}.hook_mlp_in`: that hook fires before `ln2`.
 
     Needs `gated_mlp=True` and `act_fn='identity'`; raises `NotPolynomialError` otherwise.
     """
