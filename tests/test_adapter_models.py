@@ -89,6 +89,21 @@ def test_build_either_class_from_fields_or_config(backend, kind):
     assert ts.ModelView.build(config).kind == kind  # the config's own class by default
 
 
+@pytest.mark.parametrize("backend", [pytest.param("hooked", marks=needs_hooked_transformer), "bridge", None])
+def test_build_honours_the_config_dtype(backend):
+    """`"dtype": torch.bfloat16` gives a bf16 model of either class (the bridge was float32 on TransformerLens 4)."""
+    view = ts.ModelView.build({**FIELDS, "dtype": torch.bfloat16}, backend=backend)
+    assert view.dtype == torch.bfloat16 and view.model.cfg.dtype == torch.bfloat16
+    assert {p.dtype for p in view.model.parameters()} == {torch.bfloat16}
+    assert view.model(torch.tensor([[1, 2, 3]])).dtype == torch.bfloat16
+    if backend != "hooked":
+        from transformer_lens.config import TransformerBridgeConfig
+
+        fields = {k: v for k, v in FIELDS.items() if k != "seed"}
+        assert ts.ModelView.build(TransformerBridgeConfig(**fields, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert ts.ModelView.build(FIELDS, backend=backend).dtype == torch.float32  # the default stays float32
+
+
 def test_build_errors():
     with pytest.raises(ValueError, match=r"backend: expected one of \('hooked', 'bridge'\)"):
         ts.ModelView.build(FIELDS, backend="nope")

@@ -6,7 +6,10 @@ A store folder holds one `.npy` part per process (`part_name(rank, world)`) plus
 file, its row count and the sequences `[lo, hi)` it covers. Parts are in rank order, which is sequence order, so the
 store reads as exactly the rows one process would collect. `tl_tensorsim.activations.collect_activations(...,
 out=FOLDER)` writes stores (under `torch.distributed` each rank its own part); the manifest is written last and
-atomically, so a folder without one is an incomplete store.
+atomically, so a folder without one is an incomplete store. bfloat16 rows (numpy has no bfloat16) are stored as
+their raw 16-bit patterns (`uint16` parts, manifest dtype `bfloat16`) and read back as bfloat16, bit for bit; a
+plain `.npy` file (`out=x.npy`) cannot hold them. Reading checks the manifest against the parts (dtype, shapes,
+row counts, file sizes) and names the file at fault.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Sequence
@@ -28,6 +32,14 @@ from tl_tensorsim.distributed import Collectives
 
 _NPY_HEADER_BYTES = 256  # reserved up front so the header can be written once the row count is known
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+_BF16_BITS = np.dtype(np.uint16)  # the file dtype of bfloat16 rows: their raw bit patterns (rows are floating)
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+}
+_PART_RE = re.compile(r"part-\d{5,}-of-\d{5,}\.npy")  # part_name(rank, world)
 MANIFEST = "manifest.json"
 STORE_FORMAT = "tl_tensorsim.activation_store"
 
@@ -66,10 +78,24 @@ class RowWriter:
         self.chunks: list[Tensor] = []
         self.buffer: Tensor | None = None
         self.file = None
+        self._check_dtype()
 
     # --------------------------------------------------------- helpers
     def file_dtype(self) -> np.dtype:
+        """The dtype of the `.npy` file: the rows' own, `uint16` bit patterns for bfloat16 (see `write_manifest`)."""
+        if self.dtype == torch.bfloat16:
+            return _BF16_BITS
         return np.dtype(_NUMPY_DTYPES.get(self.dtype, np.float32))
+
+    def _check_dtype(self) -> None:
+        """A store part may hold bfloat16 bit patterns (its manifest records the dtype); a `.npy` file of the
+        caller's (`out=x.npy`) may not: read later with `np.load`, it would be integers."""
+        if self.dtype == torch.bfloat16 and self.keep_file and not _PART_RE.fullmatch(self.path.name):
+            raise ValueError(
+                f"out: a .npy file cannot hold bfloat16 rows (numpy has no bfloat16); got out={str(self.path)!r} "
+                "for bfloat16 activations (the model's dtype, or dtype=). Pass out=FOLDER (an activation store: it "
+                "keeps bfloat16 and load_activations reads it back), or dtype=torch.float32 (exact for bfloat16)"
+            )
 
     def _open_file(self) -> None:
         if self.path is None:
@@ -85,7 +111,8 @@ class RowWriter:
         self.chunks = []
 
     def _write(self, rows: Tensor) -> None:
-        np.ascontiguousarray(rows.numpy().astype(self.file_dtype(), copy=False)).tofile(self.file)
+        array = rows.view(torch.int16).numpy().view(_BF16_BITS) if self.dtype == torch.bfloat16 else rows.numpy()
+        np.ascontiguousarray(array.astype(self.file_dtype(), copy=False)).tofile(self.file)
 
     def _bytes(self, n_rows: int) -> int:
         return n_rows * self.row_numel * torch.empty((), dtype=self.dtype).element_size()
@@ -94,6 +121,7 @@ class RowWriter:
     def append(self, rows: Tensor) -> None:
         if self.dtype is None:
             self.dtype = rows.dtype
+            self._check_dtype()
         rows = rows.detach().to("cpu", self.dtype)
         if self.file is None and (
             self.path is not None
@@ -129,7 +157,7 @@ class RowWriter:
                 os.unlink(self.path)  # the mapping stays valid; the disk space is freed with the tensor
             except OSError:  # pragma: no cover - e.g. Windows keeps mapped files
                 pass
-        return torch.from_numpy(array)
+        return _as_tensor(array, dtype)
 
     def abort(self) -> None:
         if self.file is not None:
@@ -142,10 +170,92 @@ class RowWriter:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _read_npy(path: Path, rows: int, row_shape: tuple[int, ...], dtype: np.dtype) -> Tensor:
-    if rows == 0:  # nothing to map
-        return torch.from_numpy(np.empty((0, *row_shape), dtype))
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """`array` as a tensor sharing its memory; `uint16` bit patterns reinterpreted as bfloat16."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _file_dtype(dtype: torch.dtype) -> np.dtype:
+    return _BF16_BITS if dtype == torch.bfloat16 else np.dtype(_NUMPY_DTYPES[dtype])
+
+
+def _read_npy(path: Path, rows: int, row_shape: tuple[int, ...], dtype: torch.dtype, manifest: Path) -> Tensor:
+    """Part `path` memory-mapped, checked against what the manifest records (`rows`, `row_shape`, `dtype`)."""
+    expected = _file_dtype(dtype)
+    if rows == 0 and not path.exists():  # a process with no sequences writes no file
+        return _as_tensor(np.empty((0, *row_shape), expected), dtype)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"directory: part {path} listed in {manifest} is missing; the store is incomplete (a part was deleted "
+            "or not copied): copy the whole folder, or collect it again"
+        )
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} is not one this store writes")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, file_dtype = read_header(f)
+            header = f.tell()
+    except (ValueError, OSError, SyntaxError) as e:
+        raise ValueError(f"directory: part {path} is not a readable .npy file ({e}); collect the store again") from None
+    got = [int(n) for n in shape]
+    if file_dtype != expected:
+        want = str(dtype).removeprefix("torch.") + (" (stored as uint16 bits)" if dtype == torch.bfloat16 else "")
+        raise ValueError(
+            f"directory: part {path} holds {file_dtype}; {manifest} records dtype {want}; the part was replaced or the "
+            "manifest edited: collect the store again"
+        )
+    if got != [rows, *row_shape]:
+        raise ValueError(
+            f"directory: part {path} holds shape {got}; {manifest} expects {[rows, *row_shape]}; the part was "
+            "replaced or the manifest edited: collect the store again"
+        )
+    size, need = path.stat().st_size, header + int(np.prod(got)) * expected.itemsize
+    if size < need:
+        raise ValueError(
+            f"directory: part {path} is truncated: {size} bytes, where shape {got} of {expected} needs {need}; "
+            "an interrupted write or copy: collect the store (or copy the part) again"
+        )
+    if rows == 0:
+        return _as_tensor(np.empty((0, *row_shape), expected), dtype)
+    return _as_tensor(np.load(path, mmap_mode="c"), dtype)
+
+
+def _read_manifest(path: Path) -> tuple[tuple[int, ...], int, torch.dtype, list[dict[str, Any]], dict[str, Any]]:
+    """`(row_shape, total rows, dtype, parts, manifest)` from `manifest.json`, else a `ValueError` naming it."""
+    hint = "the manifest was edited or damaged: collect the store again"
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"directory: {path} is not valid JSON ({e}); {hint}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"directory: {path} is not a {STORE_FORMAT} manifest; got {got!r}")
+    shape, dtype, parts = manifest.get("shape"), manifest.get("dtype"), manifest.get("parts")
+    if not (isinstance(shape, list) and shape and all(type(n) is int and n >= 0 for n in shape)):
+        raise ValueError(f"directory: {path} records shape {shape!r}; expected a list of sizes [n, *row_shape]; {hint}")
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"directory: {path} records dtype {dtype!r}; expected one of {sorted(_TORCH_DTYPES)}; {hint}")
+    if not (isinstance(parts, list) and parts) or not all(
+        isinstance(p, dict) and isinstance(p.get("file"), str) and type(p.get("rows")) is int and p["rows"] >= 0
+        for p in parts
+    ):
+        got = "no 'parts'" if parts is None else f"parts {str(parts)[:120]}"
+        raise ValueError(
+            f"directory: {path} has {got}; expected a non-empty list of {{'file': name, 'rows': count}}; {hint}"
+        )
+    rows = sum(p["rows"] for p in parts)
+    if rows != shape[0]:
+        raise ValueError(
+            f"directory: {path} records {shape[0]} rows (shape {shape}), but its parts hold {rows} "
+            f"({[p['rows'] for p in parts]}); {hint}"
+        )
+    return tuple(shape[1:]), rows, _TORCH_DTYPES[dtype], parts, manifest
 
 
 class ActivationStore:
@@ -167,23 +277,13 @@ class ActivationStore:
                 f"directory: {self.directory} is not an activation store (no {MANIFEST}); write one with "
                 "collect_activations(..., out=FOLDER)"
             )
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != STORE_FORMAT:
-            raise ValueError(f"directory: {path} is not a {STORE_FORMAT} manifest; got {self.manifest.get('format')}")
-        row_shape = tuple(self.manifest["shape"][1:])
-        dtype = np.dtype(self.manifest["dtype"])
-        self.parts: list[Tensor] = []
-        for part in self.manifest["parts"]:
-            array = _read_npy(self.directory / part["file"], part["rows"], row_shape, dtype)
-            if tuple(array.shape) != (part["rows"], *row_shape):
-                raise ValueError(
-                    f"directory: part {part['file']} holds shape {list(array.shape)}; the manifest expects "
-                    f"{[part['rows'], *row_shape]}"
-                )
-            self.parts.append(array)
+        row_shape, rows, dtype, parts, self.manifest = _read_manifest(path)
+        self.parts: list[Tensor] = [
+            _read_npy(self.directory / part["file"], part["rows"], row_shape, dtype, path) for part in parts
+        ]
         self.offsets = torch.tensor([0, *itertools.accumulate(len(p) for p in self.parts)])
-        self.shape = torch.Size([int(self.offsets[-1]), *row_shape])
-        self.dtype = self.parts[0].dtype if self.parts else torch.float32
+        self.shape = torch.Size([rows, *row_shape])
+        self.dtype = dtype
         self.device = torch.device("cpu")
 
     @property
@@ -237,8 +337,11 @@ def part_name(rank: int, world: int) -> str:
 def write_manifest(folder: Path, comm: Collectives, rows: int, seqs: tuple[int, int], info: dict[str, Any]) -> None:
     """Rank 0 writes `manifest.json` (atomically) once every rank's part is complete; every rank waits for it.
     `rows`: this rank's row count; `seqs`: the sequences `[lo, hi)` it covered; `info`: `shape` (of a row),
-    `dtype` (numpy name) and any other entries (`hook_name`, `model_name`). Parts of an earlier collection with
-    another world size are removed."""
+    `dtype` (`RowWriter.file_dtype().name`: `uint16`, the bit patterns of bfloat16 rows, is recorded as
+    `bfloat16`) and any other entries (`hook_name`, `model_name`). Parts of an earlier collection with another
+    world size are removed."""
+    if info.get("dtype") == _BF16_BITS.name:  # activation rows are floating: uint16 parts are bfloat16 bits
+        info = {**info, "dtype": "bfloat16"}
     counts = comm.all_gather(torch.tensor([rows, *seqs], dtype=torch.long)).tolist()
     if comm.is_main:
         parts = [{"file": part_name(r, comm.world), "rows": c[0], "sequences": c[1:]} for r, c in enumerate(counts)]

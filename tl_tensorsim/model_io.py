@@ -87,6 +87,7 @@ def build_tl_model(
 
     backend: `"hooked"` (HookedTransformer), `"bridge"` (`TransformerBridge.boot_native`), or None for the
     config object's own class, else HookedTransformer where TransformerLens has it, else the bridge.
+    The model has the config's `dtype` (e.g. `"dtype": torch.bfloat16`) with either backend.
     """
     kind = type(config).__name__
     if not isinstance(config, Mapping) and kind not in ("HookedTransformerConfig", "TransformerBridgeConfig"):
@@ -130,9 +131,10 @@ def build_tl_model(
         config = TransformerBridgeConfig(**fields)
     else:
         name = getattr(config, "model_name", None) or "native"
+    dtype = getattr(config, "dtype", None)  # boot_native builds float32 weights unless told the config's dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TransformerBridge.boot_native(config, tokenizer=tokenizer, device=device, model_name=name)
+        return TransformerBridge.boot_native(config, tokenizer=tokenizer, device=device, dtype=dtype, model_name=name)
 
 
 def load_pretrained(name: str, checkpoint_index: int | None = None, backend: Backend | None = None, **kwargs: Any):

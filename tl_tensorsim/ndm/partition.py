@@ -10,6 +10,7 @@ its basis in the original space is `R[:, a_i:b_i]`, and `h = ĥ @ Rᵀ`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,18 @@ def check_sizes(sizes: Any, d: int | None = None, argument: str = "sizes") -> tu
     return out
 
 
-@dataclass(frozen=True, repr=False)
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, NaN equal to NaN and a list equal to a tuple (what a JSON round trip keeps)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
 class SubspacePartition(Artifact):
     """An orthogonal `R` `[d, d]` (float64) and subspace widths `sizes` (contiguous column blocks, in order).
 
@@ -58,6 +70,9 @@ class SubspacePartition(Artifact):
     `provenance` (model and hook names, every training setting). `save(dir)` / `tl_tensorsim.load(dir)` store it
     (R and mi as float64 safetensors, the rest as JSON). The released format of the paper's code reads with
     `SubspacePartition.from_official(r_file, json_file)`.
+
+    `p == q` compares the fields (tensors exactly, with `torch.equal`) except `provenance`, so a partition equals
+    itself saved and loaded again; `R` and `mi` must be finite.
     """
 
     R: Tensor
@@ -74,6 +89,12 @@ class SubspacePartition(Artifact):
             raise ValueError(f"R: expected a square [d, d] tensor; got {got}")
         object.__setattr__(self, "R", self.R.detach().to("cpu", torch.float64))
         object.__setattr__(self, "sizes", check_sizes(self.sizes, self.R.shape[0]))
+        bad = int((~self.R.isfinite()).sum())
+        if bad:  # NaN would pass the tolerance test below (NaN > tol is False)
+            raise ValueError(
+                f"R: expected a finite orthogonal matrix; got {bad} NaN/inf entries of {self.R.numel()}; "
+                "a diverged fit or a corrupted file: refit, or orthonormalise a finite matrix"
+            )
         err = orthonormality_error(self.R)
         if err > ORTHOGONAL_TOL:
             raise ValueError(
@@ -81,7 +102,32 @@ class SubspacePartition(Artifact):
                 "orthonormalise it first (e.g. with the polar factor U Vᵀ of its SVD)"
             )
         if self.mi is not None:
+            if not isinstance(self.mi, Tensor):
+                raise TypeError(
+                    f"mi: expected None or a [n_subspaces, n_subspaces] tensor; got {type(self.mi).__name__}"
+                )
             object.__setattr__(self, "mi", self.mi.detach().to("cpu", torch.float64))
+            bad = int((~self.mi.isfinite()).sum())
+            if bad:
+                raise ValueError(
+                    f"mi: expected finite mutual information estimates; got {bad} NaN/inf entries of "
+                    f"{self.mi.numel()}; pass mi=None when it was not estimated"
+                )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SubspacePartition):
+            return NotImplemented
+        if (other.mi is None) != (self.mi is None):
+            return False
+        return (
+            self.sizes == other.sizes
+            and torch.equal(self.R, other.R)
+            and (self.mi is None or torch.equal(self.mi, other.mi))
+            and _same((self.method, self.loss, self.history), (other.method, other.loss, other.history))
+        )
+
+    def __hash__(self) -> int:  # consistent with __eq__: equal partitions share sizes and method
+        return hash((self.sizes, self.method))
 
     def _check(self) -> None:
         if self.mi is not None:
