@@ -132,3 +132,147 @@ def test_data_that_is_neither_a_local_file_nor_a_dataset_is_named(tmp_path, caps
     err = capsys.readouterr().err
     assert e.value.code == 2 and "DATA: " in err and "did not load as a `datasets` name" in err
     assert "network blocked" not in err
+
+
+def _exit_message(argv, capsys) -> str:
+    """The stderr of a usage error (exit code 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--keep-bos"], "--keep-bos: off there, on now"),
+        (["--max-sequences", "5"], "--max-sequences: not given there, 5 now"),
+        (["--positions", "-1"], "--positions: all there, -1 now"),
+        (["--hook", "blocks.1.hook_resid_post"], "HOOK: blocks.0.hook_resid_post there, blocks.1.hook_resid_post now"),
+        (["--data", "other.npy"], "--data: "),
+        (["--tokens-changed"], "DATA's token ids: shape [10, 8]"),
+    ],
+)
+def test_a_rerun_into_the_same_out_with_other_data_is_refused(inputs, tmp_path, capsys, change, named):
+    # the first run collects OUT/activations and fits; a re-run that would train on other rows is refused before any
+    # work (the store, the checkpoints and the partition stay as they were), naming the setting, both values, a hint
+    tokens = tmp_path / "tokens.npy"
+    tokens.write_bytes((inputs / "tokens.npy").read_bytes())
+    argv = _argv(inputs, tmp_path / "out", "--max-steps", "8")
+    argv[argv.index(str(inputs / "tokens.npy"))] = str(tokens)
+    assert cli.main(argv) == 0
+    before = load(tmp_path / "out" / "partition")
+    rerun = list(argv)
+    if change == ["--hook", "blocks.1.hook_resid_post"]:
+        rerun[rerun.index(HOOK)] = change[1]
+    elif change == ["--data", "other.npy"]:
+        np.save(tmp_path / "other.npy", np.load(tokens))
+        rerun[rerun.index(str(tokens))] = str(tmp_path / "other.npy")
+    elif change == ["--tokens-changed"]:  # the same DATA path, other token ids
+        np.save(tokens, (np.load(tokens) + 1) % SMALL["d_vocab"])
+    else:
+        rerun += change
+    err = _exit_message(rerun, capsys)
+    assert named in err and f"--out {tmp_path / 'out'} holds a run on other data" in err and "use a new --out" in err
+    assert len(err) < 1000
+    assert load_activations(tmp_path / "out" / "activations").shape[0] == 10 * 7
+    assert torch.equal(load(tmp_path / "out" / "partition").R, before.R)
+    if change != ["--tokens-changed"]:  # the same command again still resumes (here: the finished run)
+        assert cli.main(argv) == 0 and torch.equal(load(tmp_path / "out" / "partition").R, before.R)
+
+
+def test_a_run_that_did_no_work_does_not_pin_the_data(inputs, tmp_path, capsys):
+    # a first run refused before collecting or fitting leaves nothing that depends on its data: any data may follow
+    argv = _argv(inputs, tmp_path / "out")
+    argv[argv.index(HOOK)] = "blocks.9.hook_resid_post"
+    assert "blocks.9.hook_resid_post" in _exit_message(argv, capsys)
+    assert (tmp_path / "out" / "data.json").is_file()
+    assert cli.main(_argv(inputs, tmp_path / "out", "--max-steps", "8", "--keep-bos")) == 0
+    assert load(tmp_path / "out" / "partition").provenance.settings["n_rows"] == 10 * 8
+
+
+def test_a_store_as_data_is_recorded_too(inputs, tmp_path, capsys):
+    assert cli.main(_argv(inputs, tmp_path / "a", "--max-steps", "8")) == 0
+    assert cli.main(_argv(inputs, tmp_path / "b", "--max-steps", "8", "--keep-bos")) == 0
+    fit = ["--out", str(tmp_path / "c"), "--quiet", *SETTINGS, "--max-steps", "8"]
+    assert cli.main(["fit-ndm", "--data", str(tmp_path / "a" / "activations"), *fit]) == 0
+    err = _exit_message(["fit-ndm", "--data", str(tmp_path / "b" / "activations"), *fit], capsys)
+    assert "--data: " in err and "b/activations now" in err and "use a new --out" in err
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-3", "two"])
+def test_seq_len_is_checked_before_any_work(inputs, tmp_path, capsys, monkeypatch, value):
+    (tmp_path / "doc.txt").write_text("hello world this is text. ")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "_load_model", no_work)
+    err = _exit_message(["fit-ndm", str(inputs / "model"), HOOK, "--data", str(tmp_path / "doc.txt"), "--out",
+                         str(tmp_path / "o"), "--seq-len", value], capsys)  # fmt: skip
+    assert f"argument --seq-len: expected an int from 2 (BOS and one token) to the model's n_ctx; got {value!r}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_seq_len_above_n_ctx_is_named():
+    class Tokenizer:
+        eos_token_id, bos_token_id = 0, 1
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [2] * 100}
+
+    class Model:
+        tokenizer = Tokenizer()
+        cfg = type("Cfg", (), {"n_ctx": 16})
+
+    assert cli._tokenise(["text"], Model(), 16).shape == (6, 16)
+    assert cli._tokenise(["text"], Model(), None).shape == (6, 16)  # default: n_ctx
+    with pytest.raises(ValueError, match=r"--seq-len: expected an int from 2 to the model's n_ctx, 16; got 17"):
+        cli._tokenise(["text"], Model(), 17)
+
+
+def test_max_sequences_must_be_positive(inputs, tmp_path, capsys):
+    err = _exit_message(_argv(inputs, tmp_path / "o", "--max-sequences", "0"), capsys)
+    assert "argument --max-sequences: expected an int >= 1; got '0'" in err
+
+
+@pytest.mark.parametrize("spec", ["./mdoel", "{tmp}/mdoel", "mdoel/", "runs/x/model", "{tmp}/file.txt"])
+def test_a_model_path_that_does_not_exist_is_named(tmp_path, capsys, monkeypatch, no_network, spec):
+    # written as a path: one short message saying so, and no hub lookup (no list of hub names, no OSError traceback)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    spec = spec.format(tmp=tmp_path)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("from_pretrained was called")
+
+    monkeypatch.setattr(cli_model_view(), "from_pretrained", no_hub)
+    np.save(tmp_path / "tokens.npy", np.zeros((2, 4), np.int64))
+    err = _exit_message(["fit-ndm", spec, HOOK, "--data", "tokens.npy", "--out", "o", "--quiet"], capsys)
+    what = "is a file, not a folder" if spec.endswith(".txt") else "does not exist"
+    assert f"MODEL: {spec} {what}; expected a model folder" in err and len(err) < 400
+
+
+def cli_model_view():
+    from tl_tensorsim.adapter import ModelView
+
+    return ModelView
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("Repo id must use alphanumeric chars, '-', '_' or '.'"),
+        ValueError("mdoel not found. Valid official model names (excl aliases): " + str(["gpt2"] * 2000)),
+    ],
+)
+def test_a_model_name_that_does_not_load_is_named(inputs, tmp_path, capsys, monkeypatch, no_network, error):
+    # a name (not written as a path) that the hub loader refuses: one short message naming MODEL and the cause
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli_model_view(), "from_pretrained", refuse)
+    argv = ["fit-ndm", "org/mdoel", HOOK, "--data", str(inputs / "tokens.npy"), "--out", str(tmp_path), "--quiet"]
+    err = _exit_message(argv, capsys)
+    assert "MODEL: could not load 'org/mdoel'" in err and type(error).__name__ in err and len(err) < 600

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,11 @@ project model (`tl-tensorsim train --list`), or a TransformerLens model name (fr
 DATA: an activation store folder (manifest.json; MODEL and HOOK then optional), a .npy file of activations
 [n, d] (float) or token ids [n_seq, pos] (int), .txt files or a folder of them (tokenised with the model's
 tokenizer, documents joined with EOS and cut into --seq-len sequences that start with BOS), or a `datasets` name.
-OUT: activations/ (the collected store, reused when re-run), checkpoints/, partition/. Re-running the same command
-resumes from the last checkpoint. Under torchrun every rank collects its share of the sequences and the fit is
-shared (key pool sharded, gradient all-reduced); OUT must be visible to every rank."""
+OUT: activations/ (the collected store, reused when re-run), checkpoints/, partition/, data.json (what chose the
+data). Re-running the same command resumes from the last checkpoint; a re-run into the same OUT with other data
+(MODEL, HOOK, DATA or its contents, --positions, --keep-bos, --seq-len, --max-sequences, --split, --text-column)
+is refused: use a new --out. Under torchrun every rank collects its share of the sequences and the fit is shared
+(key pool sharded, gradient all-reduced); OUT must be visible to every rank."""
 
 
 def _setting_flags(parser: argparse.ArgumentParser) -> list[str]:
@@ -147,6 +150,21 @@ def _positions(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected 'all' or an int position (-1: the last); got {text!r}") from None
 
 
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an int >= `low` (`what`: the range in words, for the message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
+        return value
+
+    return parse
+
+
 def _fit_ndm_parser(sub: argparse._SubParsersAction) -> None:
     fit = sub.add_parser("fit-ndm", help="fit an NDM subspace partition (resumable; torchrun for several processes)",
                          description=FIT_NDM_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -156,8 +174,10 @@ def _fit_ndm_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--out", required=True, metavar="DIR", help="output folder (re-run to resume)")
     fit.add_argument("--positions", type=_positions, default=None, metavar="all|INT", help="positions (default all)")
     fit.add_argument("--keep-bos", action="store_true", help="also use position 0 (left out by default)")
-    fit.add_argument("--seq-len", type=int, default=None, metavar="N", help="text: tokens per sequence (n_ctx)")
-    fit.add_argument("--max-sequences", type=int, default=None, metavar="N", help="use at most N sequences")
+    seq_len = _int_at_least(2, "an int from 2 (BOS and one token) to the model's n_ctx")
+    fit.add_argument("--seq-len", type=seq_len, default=None, metavar="N", help="text: tokens per sequence (n_ctx)")
+    fit.add_argument("--max-sequences", type=_int_at_least(1, "an int >= 1"), default=None, metavar="N",
+                     help="use at most N sequences")  # fmt: skip
     fit.add_argument("--split", default="train", help="datasets: the split (default train)")
     fit.add_argument("--text-column", default="text", help="datasets: the text column (default text)")
     fit.add_argument("--collect-batch-size", type=int, default=32, metavar="N", help="sequences per forward pass")
@@ -178,7 +198,13 @@ def _load_model(spec: str, device: Any) -> Any:
     from tl_tensorsim.model_io import model_kind
     from tl_tensorsim.models import registry
 
-    path = Path(spec)
+    path = Path(spec).expanduser()
+    if not path.is_dir() and (path.exists() or _looks_like_path(spec)):
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise ValueError(
+            f"MODEL: {spec} {what}; expected a model folder (cfg.json, or config.json + one .safetensors file), a "
+            "project model name (`tl-tensorsim train --list`) or a TransformerLens model name: check the path"
+        )
     if path.is_dir():
         for folder in (path / registry.MODEL_FOLDER, path):
             if (folder / CONFIG_FILE).is_file():
@@ -199,10 +225,24 @@ def _load_model(spec: str, device: Any) -> Any:
     if spec in {m.__name__.rsplit(".", 1)[-1] for m in registry.available()}:
         model = registry.get(spec).load_default(device=device)
     else:
-        model = ModelView.from_pretrained(spec, device=device).model
+        try:
+            model = ModelView.from_pretrained(spec, device=device).model
+        except Exception as exc:  # an unknown name, no hub, a bad repo id (OSError): one message naming MODEL
+            text = str(exc).strip().split("\n")[0]
+            text = text if len(text) <= 160 else text[:160] + " ..."
+            raise ValueError(
+                f"MODEL: could not load {spec!r}: it is no folder here, no project model (`tl-tensorsim train "
+                f"--list`), and TransformerLens did not load it as a model name ({type(exc).__name__}: {text})"
+            ) from exc
     if model_kind(model) is None:
         raise ValueError(f"model: {spec!r} is not a TransformerLens model (got {type(model).__name__})")
     return model.eval()
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether MODEL is written as a path (./x, ../x, /x, ~/x, x/y/z, x/, a backslash) rather than a model name
+    (`gpt2`, `EleutherAI/pythia-70m`: at most one slash)."""
+    return spec.startswith((".", "/", "~")) or spec.endswith("/") or spec.count("/") > 1 or "\\" in spec
 
 
 def _tokenise(texts: list[str], model: Any, seq_len: int | None) -> Any:
@@ -215,7 +255,10 @@ def _tokenise(texts: list[str], model: Any, seq_len: int | None) -> Any:
         raise ValueError("data: text needs the model's tokenizer, and this model has none; pass token ids (.npy)")
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    seq_len = seq_len or int(model.cfg.n_ctx)
+    n_ctx = int(model.cfg.n_ctx)
+    if seq_len is not None and seq_len > n_ctx:
+        raise ValueError(f"--seq-len: expected an int from 2 to the model's n_ctx, {n_ctx}; got {seq_len}")
+    seq_len = seq_len or n_ctx
     stream = [t for text in texts for t in [*tokenizer(text, add_special_tokens=False)["input_ids"], eos]]
     n = len(stream) // (seq_len - 1)
     if n == 0:
@@ -257,6 +300,92 @@ def _load_data(args: argparse.Namespace, model_of: Any) -> Any:
     return _tokenise(list(ds[args.text_column]), model_of(), args.seq_len)
 
 
+DATA_RECORD = "data.json"  # OUT/data.json: what chose the data of the run in OUT
+_RECORD_NAMES = {"kind": "DATA's kind", "data": "--data", "model": "MODEL", "hook": "HOOK", "positions": "--positions",
+                 "keep_bos": "--keep-bos", "max_sequences": "--max-sequences", "seq_len": "--seq-len",
+                 "split": "--split", "text_column": "--text-column", "tokens": "DATA's token ids"}  # fmt: skip
+
+
+def _identity(spec: str | None) -> str | None:
+    """A MODEL or DATA as recorded: the absolute path of an existing file or folder, else the name as given."""
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def _data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that determine the rows a fit-ndm run in OUT trains on (those that matter for this DATA)."""
+    import numpy as np
+
+    from tl_tensorsim.activation_store import MANIFEST
+
+    path = Path(args.data)
+    if (path / MANIFEST).is_file():
+        return {"kind": "activation store", "data": _identity(args.data)}
+    if path.suffix == ".npy" and path.is_file():
+        if np.load(path, mmap_mode="r").dtype.kind == "f":
+            return {"kind": "activations (.npy)", "data": _identity(args.data)}
+        kind = "token ids (.npy)"
+    else:
+        kind = "text" if path.is_dir() or path.suffix == ".txt" else "datasets name"
+    record = {"kind": kind, "data": _identity(args.data), "model": _identity(args.model), "hook": args.hook,
+              "positions": args.positions, "keep_bos": args.keep_bos, "max_sequences": args.max_sequences}  # fmt: skip
+    if kind != "token ids (.npy)":
+        record["seq_len"] = args.seq_len
+    if kind == "datasets name":
+        record.update(split=args.split, text_column=args.text_column)
+    return record
+
+
+def _shown(key: str, value: Any) -> str:
+    if value is None:
+        return {"positions": "all", "seq_len": "n_ctx"}.get(key, "not given")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
+def _check_data_record(out: Path, record: dict[str, Any]) -> None:
+    """A ValueError when OUT already holds work (a collected store, a checkpoint or a partition) of a run whose
+    data settings (OUT/data.json) differ from `record`; keys of the old record missing from `record` are compared
+    only when `record` has no "tokens" yet, i.e. the token fingerprint is checked once it is known."""
+    import json
+
+    from tl_tensorsim.activation_store import MANIFEST
+    from tl_tensorsim.training import latest_checkpoint_step
+
+    path = out / DATA_RECORD
+    if not path.is_file():
+        return
+    has_work = (out / "activations" / MANIFEST).is_file() or (out / "partition").exists()
+    if not has_work and latest_checkpoint_step(out / "checkpoints") is None:
+        return  # nothing there depends on the data yet
+    old = json.loads(path.read_text())
+    keys = [k for k in {**old, **record} if (k in record or k != "tokens") and old.get(k) != record.get(k)]
+    if keys:
+        names = [_RECORD_NAMES.get(k, k) for k in keys]
+        shown = "; ".join(
+            f"{n}: {_shown(k, old.get(k))} there, {_shown(k, record.get(k))} now" for n, k in zip(names, keys)
+        )
+        raise ValueError(
+            f"{', '.join(names)}: --out {out} holds a run on other data ({shown}); use a new --out (or delete {out}) "
+            "to fit this data, or re-run with the earlier settings to resume that run"
+        )
+
+
+def _write_data_record(out: Path, record: dict[str, Any]) -> None:
+    import json
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{DATA_RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / DATA_RECORD)
+
+
 def _fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -264,7 +393,7 @@ def _fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from tl_tensorsim.activations import collect_activations
     from tl_tensorsim.distributed import init_from_env
     from tl_tensorsim.ndm import fit_ndm
-    from tl_tensorsim.ndm.fit import selection_mask
+    from tl_tensorsim.ndm.fit import data_fingerprint, selection_mask
     from tl_tensorsim.ndm.trainer import NDMSettings
 
     started = torch.distributed.is_available() and not torch.distributed.is_initialized()
@@ -282,6 +411,8 @@ def _fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return loaded[0]
 
     try:
+        record = _data_record(args)
+        _check_data_record(out, record)  # before any work: the settings as given
         data = _load_data(args, model_of)
         if isinstance(data, torch.Tensor) and not data.dtype.is_floating_point:  # token ids: collect
             if args.model is None or args.hook is None:
@@ -290,6 +421,10 @@ def _fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     f"{what} (token ids are run through MODEL and collected at HOOK, e.g. blocks.0.hook_resid_post)"
                 )
             tokens = data if args.max_sequences is None else data[: args.max_sequences]
+            record["tokens"] = data_fingerprint(tokens)
+            _check_data_record(out, record)  # the token ids themselves (a DATA file changed in place)
+            if comm.is_main:
+                _write_data_record(out, record)
             store = out / "activations"
             if (store / MANIFEST).is_file() and ActivationStore(store).manifest.get("hook_name") == args.hook:
                 data = ActivationStore(store)  # collected by an earlier run of this command
@@ -299,6 +434,8 @@ def _fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                            dtype=torch.float32, out=store, progress=progress)  # fmt: skip
         elif args.max_sequences is not None:
             raise ValueError("--max-sequences: only for token ids, text or datasets (not activations)")
+        elif comm.is_main:
+            _write_data_record(out, record)
         settings = {f.name: getattr(args, f"ndm_{f.name}") for f in dataclasses.fields(NDMSettings)}
         for name in ("dtype", "search_dtype"):  # torch dtypes by name; other strings are refused by fit_ndm
             value = getattr(torch, settings[name], None)

@@ -15,6 +15,8 @@ the data generator, the global torch RNG, the history), and `checkpoint_dir/stat
 state. Each folder is written atomically under a new name and the previous resume folder is removed only after,
 so an interrupt (Ctrl-C) leaves the last checkpoint valid; `resume=True` continues from it and gives results
 identical to an uninterrupted run (same device, thread count and torch version). `load_run` reads a finished run.
+`resume=True` refuses a checkpoint written with other settings (`config`, `steps`) or, when the caller describes
+its training data (`data=`, e.g. `tl_tensorsim.ndm.fit.data_fingerprint`), for other data.
 
 **Several processes, one folder.** With `write_checkpoints=False` the loop reads `checkpoint_dir` (resume, and the
 refusal to overwrite a run) but writes nothing there: under `torch.distributed` every rank passes the same shared
@@ -159,6 +161,7 @@ def train_loop(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    data: Mapping[str, Any] | None = None,
     write_checkpoints: bool = True,
     postfix: Mapping[str, tuple[str, str]] | None = None,
     desc: str = "train",
@@ -172,6 +175,8 @@ def train_loop(
     seeded with `seed`; the model is built (and seeded) by the caller. `config`: the settings, recorded in the run
     and in checkpoints (`resume=True` refuses a checkpoint written with other settings). `postfix`: progress-bar
     label -> (metric name, format spec). `threads`: torch intra-op threads while training (None: leave alone).
+    `data`: a JSON-ready description of the training data (shape, a hash, ...), recorded in checkpoints:
+    `resume=True` refuses a checkpoint whose description differs (one written without any is not checked).
     `write_checkpoints=False`: read `checkpoint_dir` (resume) but write no file there (the non-zero ranks of a
     distributed run). Module docstring: checkpoint layout, resume, interrupts, several processes.
     """
@@ -188,8 +193,11 @@ def train_loop(
     if not isinstance(write_checkpoints, bool):
         raise TypeError(f"write_checkpoints: expected a bool; got {type(write_checkpoints).__name__}")
     settings = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=str))
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"data: expected a mapping describing the training data, or None; got {type(data).__name__}")
     with limit_threads(threads):
         loop = _Loop(model, optimizer, scheduler, torch.Generator().manual_seed(seed), config, settings, steps)
+        loop.data = None if data is None else json.loads(json.dumps(dict(data), default=str))
         if checkpoint_dir is not None:
             loop.open(Path(checkpoint_dir), resume, write_checkpoints)
         return loop.run(
@@ -226,6 +234,7 @@ class _Loop:
         self.dir: Path | None = None  # where checkpoints are read from
         self.writes = False  # whether this loop writes checkpoints and kept states to `dir`
         self.step = 0  # updates taken so far
+        self.data: dict[str, Any] | None = None  # the description of the training data, checked on resume
 
     def open(self, directory: Path, resume: bool, write: bool = True) -> None:
         """Use `directory` for checkpoints (written only when `write`); with `resume`, restore the state of its
@@ -243,6 +252,14 @@ class _Loop:
             raise ValueError(
                 f"resume: the checkpoint in {directory} was written with steps={meta['steps']} and config "
                 f"{meta['config']}; got steps={self.steps} and config {self.settings}: resume with the same settings"
+            )
+        old = meta.get("data")
+        if old is not None and self.data is not None and old != self.data:
+            keys = [k for k in {**old, **self.data} if old.get(k) != self.data.get(k)]
+            shown = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {self.data.get(k)!r} given" for k in keys)
+            raise ValueError(
+                f"checkpoint_dir: {directory} holds a run on other training data ({shown}); resume with the data "
+                "it was trained on, or choose a new folder (or delete this one) to train on this data"
             )
         self.model.load_state_dict(_take(tensors, "model/"))
         self.optimizer.load_state_dict(_decode(meta["optimizer"], tensors))
@@ -327,6 +344,7 @@ class _Loop:
             "step": step,
             "steps": self.steps,
             "config": self.settings,
+            "data": self.data,
             "history": self.run_.history,
             "seconds": self.run_.seconds,
             "kept": self.run_.steps,

@@ -12,10 +12,14 @@ same partition, equal to a one-process fit within float rounding. Only rank 0 sh
 checkpoints; `checkpoint_dir` must be one folder every rank sees (a shared filesystem): after a barrier (so that
 rank 0's last write is complete) the ranks check that they see the same last checkpoint, and every rank resumes from
 rank 0's files (`train_loop(write_checkpoints=False)` on the others).
+
+Checkpoints also record `data_fingerprint(acts)` (shape, dtype and a hash of evenly spaced rows), so `resume=True`
+refuses a checkpoint written for other activations instead of returning that run's partition.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -27,7 +31,7 @@ from torch import Tensor
 
 from tl_tensorsim.activation_store import ActivationStore
 from tl_tensorsim.activations import collect_activations
-from tl_tensorsim.adapter import as_view
+from tl_tensorsim.adapter import ModelView, as_view
 from tl_tensorsim.artifacts import Provenance
 from tl_tensorsim.checks import as_token_tensor, check_choice, check_finite, checked_int
 from tl_tensorsim.distributed import Collectives
@@ -38,6 +42,7 @@ from tl_tensorsim.positions import Positions, positions_mask
 from tl_tensorsim.training import Losses, latest_checkpoint_step, limit_threads, train_loop
 
 SMALL_STEP = 2**26  # batch x key pool x d below which a step runs on one thread
+FINGERPRINT_ROWS = 1024  # rows hashed by `data_fingerprint`
 POSTFIX = {"loss": ("loss", ".4g"), "S": ("n_subspaces", "d"), "mi": ("mean_mi", ".3g")}
 
 
@@ -55,6 +60,19 @@ def selection_mask(tokens: Tensor, positions: Positions, exclude_bos: bool) -> T
             f"positions: no position selected in data of shape {list(tokens.shape)} (exclude_bos={exclude_bos})"
         )
     return mask
+
+
+def data_fingerprint(rows: Tensor | ActivationStore, sample: int = FINGERPRINT_ROWS) -> dict[str, Any]:
+    """A cheap record of a data set `[n, ...]` (a tensor, memory-mapped or not, or an `ActivationStore`): its shape,
+    dtype and the SHA-256 (first 16 hex digits) of the bytes of `sample` evenly spaced rows, the first and the last
+    included. Reads only those rows, so a memory map is never loaded whole; two data sets with the same record are
+    taken to be the same (a change confined to rows outside the sample goes unnoticed)."""
+    n = int(rows.shape[0])
+    ids = torch.linspace(0, n - 1, min(n, sample)).round().long().unique() if n else torch.zeros(0, dtype=torch.long)
+    picked = rows[ids.to(getattr(rows, "device", "cpu"))].detach().to("cpu").contiguous()
+    digest = hashlib.sha256(picked.view(torch.uint8).numpy().tobytes() if picked.numel() else b"").hexdigest()[:16]
+    dtype = str(rows.dtype).removeprefix("torch.")
+    return {"shape": [int(v) for v in rows.shape], "dtype": dtype, "rows_hashed": len(ids), "rows_sha256": digest}
 
 
 def _gather(
@@ -170,7 +188,8 @@ def fit_ndm(
         parametrization: `"cayley"` or `"matrix_exp"` (the reference's) map from skew matrices to rotations.
         mi_queries, mi_keys: rows of each merge check's KSG estimate. seed: every random draw.
         dtype: float32 or float64 for the training arithmetic. device: default the activations' (model's) device.
-        checkpoint_dir, checkpoint_every, resume: checkpoints (see the module docstring).
+        checkpoint_dir, checkpoint_every, resume: checkpoints (see the module docstring); `resume=True` refuses a
+            checkpoint written with other settings or for other activations (`data_fingerprint`).
         log_every: steps per entry of `history` and per progress-bar update.
         threads: torch intra-op threads during the fit (None: one thread for small problems, where
             synchronisation costs more than it saves, else torch's setting).
@@ -192,6 +211,13 @@ def fit_ndm(
         if isinstance(acts, ActivationStore):  # the store knows where its rows came from
             models, hooks = (acts.manifest.get("model_name"),), (acts.manifest.get("hook_name"),)
     else:
+        if not isinstance(acts_or_model, (torch.nn.Module, ModelView)):
+            kind = type(acts_or_model)
+            hint = "; convert an array with torch.from_numpy(array)" if kind.__module__ == "numpy" else ""
+            raise TypeError(
+                "acts_or_model: expected activations as a torch.Tensor [rows, d] (or an ActivationStore), or a "
+                f"model with hook_name and token ids; got {kind.__module__}.{kind.__qualname__}{hint}"
+            )
         if hook_name is None or data is None:
             raise ValueError(
                 f"hook_name, data: a model ({type(acts_or_model).__name__}) needs a hook name and token ids, e.g. "
@@ -227,7 +253,10 @@ def fit_ndm(
     state = NDMState(acts, settings, torch.device(acts.device if device is None else device), comm)
     if checkpoint_dir is not None and comm.distributed:
         _check_shared_folder(checkpoint_dir, comm)
-    run = _train(state, log_every, checkpoint_dir, checkpoint_every, resume, progress and comm.is_main, threads)
+    fingerprint = None if checkpoint_dir is None else data_fingerprint(acts)
+    run = _train(
+        state, log_every, checkpoint_dir, checkpoint_every, resume, progress and comm.is_main, threads, fingerprint
+    )
     end = int(state.done_step) if state.done else settings.max_steps
     mi = state.last_mi() if state.done else None
     if mi is None:
@@ -267,8 +296,10 @@ def _train(
     resume: bool,
     progress: bool,
     threads: int | None,
+    fingerprint: dict[str, Any] | None = None,
 ):
-    """Run `state` through `train_loop`: an evaluation every `log_every` steps, at every merge check and at the end."""
+    """Run `state` through `train_loop`: an evaluation every `log_every` steps, at every merge check and at the end;
+    `fingerprint` (of the activations) is recorded in the checkpoints and checked on resume."""
     s = state.settings
     merge_steps, reinit_steps = set(s.merge_steps()), set(s.reinit_steps())
     eval_steps = set(range(log_every, s.max_steps + 1, log_every)) | merge_steps | reinit_steps | {s.max_steps}
@@ -286,7 +317,7 @@ def _train(
     return train_loop(
         state, state.optimizer, state.batch_loss, s.max_steps, seed=s.seed, config=s, evaluate=evaluate,
         eval_steps=eval_steps, checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every if checkpoint_dir is not None else None, resume=resume,
+        checkpoint_every=checkpoint_every if checkpoint_dir is not None else None, resume=resume, data=fingerprint,
         write_checkpoints=state.comm.is_main, postfix=POSTFIX,
         desc="fit_ndm", progress=progress, threads=threads,
     )  # fmt: skip
