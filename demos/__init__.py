@@ -121,13 +121,15 @@ def run_demos(
     the report (a summary table first: status, seconds and the scalar headline numbers of each demo) and
     `summary.json` (every headline value) are written, and then
     `DemoFailed` is raised. Every optional dependency of every selected demo is checked first: a missing one
-    raises `MissingDependency` (naming the extra to install) before any demo runs or anything is written.
+    raises `MissingDependency` (naming the extra to install) before any demo runs or anything is written; so is
+    `out_dir`: an existing file there (or in its path) is a ValueError naming `--out`.
     """
-    from tl_tensorsim.report import Report
+    from tl_tensorsim.report import Report, check_out_dir
 
     modules = [m for m in available() if m.DEFAULT] if names is None else [get(n) for n in names]
     if not modules:
         raise ValueError("names: no demo to run")
+    check_out_dir(out_dir)
     check_requirements(modules)
     report = Report(out_dir, title="tl_tensorsim demo report")
     summary: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
     python -m tl_tensorsim.demos.gpt2_circuits --quick                    # GPT-2 from the model hub, laptop sizes
     python -m tl_tensorsim.demos.gpt2_circuits --model-path DIR           # a local Hugging Face GPT-2 folder
     python -m tl_tensorsim.demos.gpt2_circuits --partitions DIR           # the paper's released R matrices
+    python -m tl_tensorsim.demos.gpt2_circuits --random-weights 8         # offline plumbing check (no other flags)
     tl-tensorsim demo gpt2_circuits [--full]                              # the same, inside the report
 
 GPT-2 small is loaded without weight processing (`fold_ln`, centring and value-bias folding off), the convention of
@@ -10,7 +11,8 @@ the paper's code, whose released R matrices were fitted on raw activations. `--m
 `GPT2LMHeadModel` folder with TransformerLens' GPT-2 conversion (TransformerLens 3.x) without the hub. Partitions:
 `--partitions DIR` reads `R-gpt2-x{L}.post.pt` + `R_config-gpt2-x{L}.post.json` for L = 4, 6, 8, 9; otherwise NDM
 is fitted per layer on a text corpus (`datasets`: MiniPile when online, or `--text FILE ...`), with laptop-sized
-settings under `--quick`. The report holds the Gini table beside the paper's numbers.
+settings under `--quick`. The report holds the Gini table beside the paper's numbers. Every path given is checked
+before anything loads (a missing one is a usage error, exit 2); GPT-2 that cannot be loaded from the hub exits 1.
 """
 
 from __future__ import annotations
@@ -129,14 +131,53 @@ def corpus_tokens(tokenizer: Any, n_seq: int, n_ctx: int, text_files: Sequence[s
 
 
 def official_partitions(folder: str) -> dict[int, tuple[Path, Path]]:
-    """`{layer: (R file, config file)}` of the paper's released `R-gpt2-x{L}.post.pt` / `R_config-gpt2-x{L}.post.json`."""
+    """`{layer: (R file, config file)}` of the paper's released `R-gpt2-x{L}.post.pt` / `R_config-gpt2-x{L}.post.json`;
+    FileNotFoundError naming every missing file (or the missing folder)."""
+    layers = ", ".join(map(str, LAYERS))
+    expected = f"a folder with the paper's R-gpt2-x{{L}}.post.pt and R_config-gpt2-x{{L}}.post.json, L = {layers}"
+    hint = "pass the folder that holds them, or leave --partitions out to fit NDM on a text corpus"
+    if not Path(folder).is_dir():
+        what = "is a file" if Path(folder).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"partitions (--partitions): expected {expected}; got {str(folder)!r}, which {what}; {hint}"
+        )
     out = {}
     for layer in LAYERS:
-        r, c = Path(folder) / f"R-gpt2-x{layer}.post.pt", Path(folder) / f"R_config-gpt2-x{layer}.post.json"
-        if not r.is_file() or not c.is_file():
-            raise FileNotFoundError(f"partitions: {r.name} and {c.name} expected in {folder}")
-        out[layer] = (r, c)
+        out[layer] = Path(folder) / f"R-gpt2-x{layer}.post.pt", Path(folder) / f"R_config-gpt2-x{layer}.post.json"
+    missing = [p.name for pair in out.values() for p in pair if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"partitions (--partitions): expected {expected}; {str(folder)!r} lacks {', '.join(missing)}; {hint}"
+        )
     return out
+
+
+def check_paths(model_path: str | None = None, partitions: str | None = None, text_files: Sequence[str] = ()) -> None:
+    """Refuse, before anything loads or runs, a path the user gave that is not there: FileNotFoundError naming the
+    argument, what it expects and what it got."""
+    if model_path is not None:
+        folder = Path(model_path)
+        if not folder.is_dir():
+            what = "is a file" if folder.exists() else "does not exist"
+            raise FileNotFoundError(
+                f"model_path (--model-path): expected a local Hugging Face GPT-2 folder (config.json + weights, as "
+                f"GPT2LMHeadModel.save_pretrained writes); got {model_path!r}, which {what}; leave --model-path out "
+                "to load GPT-2 from the model hub"
+            )
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model_path (--model-path): expected a local Hugging Face GPT-2 folder (config.json + weights); "
+                f"{model_path!r} has no config.json; pass the folder GPT2LMHeadModel.save_pretrained wrote"
+            )
+    if partitions is not None:
+        official_partitions(partitions)
+    for f in text_files:
+        if not Path(f).is_file():
+            what = "is a folder" if Path(f).is_dir() else "does not exist"
+            raise FileNotFoundError(
+                f"text_files (--text): expected text files; got {str(f)!r}, which {what}; pass files (not folders), "
+                "or leave --text out to read MiniPile through `datasets`"
+            )
 
 
 def run_suite(view: Any, tokenizer: Any, sizes: dict[str, Any], partitions: str | None = None,
@@ -152,14 +193,24 @@ def run_suite(view: Any, tokenizer: Any, sizes: dict[str, Any], partitions: str 
 
 def run(report: Any, full: bool = False, model_path: str | None = None, partitions: str | None = None,
         text_files: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """The suite into `report`. Paths given (`model_path`, `partitions`, `text_files`) are checked first
+    (`check_paths`) and a local folder that fails to load raises; GPT-2 from the model hub (no `model_path`) that
+    cannot be loaded is noted in the report instead, returning `{"loaded": False, "error": ...}`."""
     from tl_tensorsim.circuits.datasets import gpt2_tokenizer
 
+    check_paths(model_path, partitions, text_files)
     t0 = time.perf_counter()
-    try:
+    if model_path is not None:
         view = load_gpt2(model_path)
-    except Exception as exc:  # no hub, no local copy: say so in the report rather than fail the whole demo run
-        report.text(f"GPT-2 could not be loaded ({type(exc).__name__}: {exc}); pass `--model-path DIR` or go online.")
-        return {"loaded": False}
+    else:
+        try:
+            view = load_gpt2()
+        except Exception as exc:  # offline, no local copy: say so in the report rather than fail the whole demo run
+            error = f"{type(exc).__name__}: {exc}"
+            report.text(
+                f"GPT-2 could not be loaded from the model hub ({error}); pass `--model-path DIR` or go online."
+            )
+            return {"loaded": False, "error": error}
     tok = getattr(view.model, "tokenizer", None) or gpt2_tokenizer()
     res = run_suite(view, tok, FULL if full else QUICK, partitions, text_files)
     res.report_section(report)
@@ -173,19 +224,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", help="a local Hugging Face GPT-2 folder (config.json + weights)")
     p.add_argument("--partitions", help="folder with the paper's R-gpt2-x{L}.post.pt / R_config-*.json files")
-    p.add_argument("--text", nargs="*", default=(), help="local text files for the NDM corpus (default: MiniPile)")
+    p.add_argument("--text", nargs="+", default=(), help="local text files for the NDM corpus (default: MiniPile)")
     p.add_argument("--quick", action="store_true", help="laptop sizes (50 prompts, short NDM fits)")
     p.add_argument("--out", default="gpt2_circuits_report", help="report folder")
     p.add_argument(
         "--random-weights",
         type=int,
-        default=0,
+        default=None,
         metavar="N_PROMPTS",
-        help="offline plumbing check: GPT-2-shaped random weights, real tokenizer, N prompts per task",
+        help="offline plumbing check: GPT-2-shaped random weights, random partitions, real tokenizer, N prompts per "
+        "task (takes none of --model-path, --partitions, --text, --quick)",
     )
     args = p.parse_args(argv)
-    report = Report(args.out, title="GPT-2 small: NDM validation")
-    if args.random_weights:
+    if args.random_weights is not None:
+        if args.random_weights < 1:
+            p.error(f"--random-weights: expected a number of prompts per task >= 1; got {args.random_weights}")
+        flags = {"--model-path": args.model_path, "--partitions": args.partitions, "--text": args.text,
+                 "--quick": args.quick}  # fmt: skip
+        given = [flag for flag, value in flags.items() if value]
+        if given:
+            p.error(
+                f"--random-weights: a plumbing check on random weights with random partitions, its own sizes and no "
+                f"corpus, so it takes none of {', '.join(flags)}; got {', '.join(given)} with it; drop "
+                f"{'it' if len(given) == 1 else 'them'}, or drop --random-weights to run on GPT-2's weights"
+            )
+    try:
+        report = Report(args.out, title="GPT-2 small: NDM validation")
+        if args.random_weights is None:
+            check_paths(args.model_path, args.partitions, args.text)
+    except (ValueError, FileNotFoundError) as exc:
+        p.error(str(exc))
+    if args.random_weights is not None:
         from tl_tensorsim.circuits import validate_ndm
 
         t0 = time.perf_counter()
@@ -199,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               text_files=args.text)  # fmt: skip
     print(json.dumps(out, indent=2))
     print(f"report: {report.write()}")
+    if out.get("loaded") is False:
+        p.exit(1, f"{p.prog}: GPT-2 could not be loaded from the model hub ({out['error']}); pass --model-path DIR "
+                  "(a local Hugging Face GPT-2 folder) or go online\n")  # fmt: skip
 
 
 if __name__ == "__main__":

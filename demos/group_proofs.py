@@ -44,7 +44,7 @@ def _prove(model) -> tuple[dict[str, Any], Any]:
         "accuracy (brute force)": f"{exact.bound:.4f}",
         "brute force s": f"{exact.wall_time:.3f}",
         "key irreps": ", ".join(expl.key_irreps()),
-        "circuits (irrep: |B_l|x|B_r|)": ", ".join(
+        "circuits (irrep: #B_l x #B_r)": ", ".join(
             f"{n}: {len(a)}x{len(b)}" for n, a, b in zip(expl.circuit_irrep, expl.left_sets, expl.right_sets)
         ),
         "ρ-set bound": f"{proof.bound:.4f}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -47,3 +49,35 @@ def test_summary_spells_out_each_headline_on_its_own_row(tmp_path):
     assert "|  |  |  | delta: tensor | 0.137 |" in text and "|  |  |  | OV token jump step | 600 |" in text
     assert "| broken | failed | 0.2 s |  |  |" in text
     assert "=" not in text and "history" not in text  # no raw key=value pairs; lists stay in summary.json
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of a markdown table row, split at pipes that are not escaped (GitHub's rule)."""
+    return re.split(r"(?<!\\)\|", row.strip())[1:-1]
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [["a", "b"], ["circuits (irrep: |B_l|x|B_r|)", "b"], ["x|y", "two\nlines", "|"]],
+    ids=["plain", "pipes in a header", "pipes and a line break"],
+)
+def test_pipes_in_headers_and_cells_keep_every_row_the_same_width(tmp_path, columns):
+    rows = [{c: v for c, v in zip(columns, ["a|b", 0.5, "c\nd"])}, {c: "|" for c in columns}]
+    text = Report(tmp_path).table(rows, columns=columns).render()
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(lines) == 4 and all(len(_cells(line)) == len(columns) for line in lines), lines
+    assert _cells(lines[0])[0].strip().replace("\\|", "|") == columns[0].replace("\n", " ")  # text kept, escaped
+
+
+def test_out_dir_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad, what in ((afile, "an existing file"), (afile / "sub", f"whose parent {str(afile)!r} is an existing")):
+        with pytest.raises(ValueError, match="--out") as e:
+            Report(bad)
+        assert str(bad) in str(e.value) and what in str(e.value) and "pass another folder" in str(e.value)
+    rep = Report(tmp_path / "later")
+    (tmp_path / "later").write_text("x")  # a file appeared after the report was made
+    with pytest.raises(ValueError, match="an existing file"):
+        rep.write()
+    assert afile.read_text() == "x" and (tmp_path / "later").read_text() == "x"

@@ -14,10 +14,30 @@ from typing import Any
 from tl_tensorsim.artifacts import library_version, save_figure
 
 
+def markdown_cell(text: Any) -> str:
+    """`text` as one cell of a markdown table (header or body): pipes escaped (`\\|`), line breaks as spaces, so
+    that every row keeps its number of cells."""
+    return " ".join(str(text).replace("|", "\\|").splitlines())
+
+
 def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v).replace("|", "\\|")
+    return markdown_cell(f"{v:.4g}" if isinstance(v, float) else v)
+
+
+def check_out_dir(out_dir: str | os.PathLike, arg: str = "out_dir (--out)") -> Path:
+    """`out_dir` as a `Path` when a report folder can be made there (it is a folder, or does not exist yet and no
+    part of it is a file); otherwise a ValueError naming `arg`, the path and what is in the way."""
+    path = Path(out_dir)
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if part.is_dir():
+                return path
+            what = "an existing file" if part == path else f"whose parent {str(part)!r} is an existing file"
+            raise ValueError(
+                f"{arg}: expected a folder for the report (new, or an existing folder); got {str(path)!r}, {what}; "
+                "pass another folder (the report goes to FOLDER/report.md, FOLDER/figures/) or move the file away"
+            )
+    return path
 
 
 # words of headline keys spelled out in the summary table ("induction_acc" -> "induction accuracy")
@@ -75,7 +95,7 @@ class Report:
     """
 
     def __init__(self, out_dir: str | os.PathLike, title: str = "tl_tensorsim report"):
-        self.out_dir = Path(out_dir)
+        self.out_dir = check_out_dir(out_dir)
         self.figures_dir = self.out_dir / "figures"
         self.title = title
         self.blocks: list[str] = []
@@ -100,7 +120,7 @@ class Report:
             rows = [[r.get(c, "") for c in columns] for r in rows]
         if columns is None:
             raise ValueError("columns: required when rows are sequences")
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines = ["| " + " | ".join(markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
         if caption:
             lines.append(f"\n*{caption}*")
@@ -150,6 +170,7 @@ class Report:
         return "\n".join([head, *self.blocks])
 
     def write(self) -> Path:
+        check_out_dir(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "report.md"
         tmp = path.with_suffix(".md.tmp")

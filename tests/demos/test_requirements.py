@@ -16,16 +16,6 @@ CORE = {"torch", "einops", "jaxtyping", "datasets", "safetensors", "tqdm", "nump
 CORE |= {"transformer_lens", "tl_tensorsim"}
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """Replace every demo's `run` by a recorder, so that a test can see whether any demo started."""
-    seen: list[str] = []
-    for module in demos.available():
-        name = module.__name__.rsplit(".", 1)[-1]
-        monkeypatch.setattr(module, "run", lambda report, full=False, _n=name: seen.append(_n) or {})
-    return seen
-
-
 def _without(monkeypatch, *absent):
     real = demos._importable
     monkeypatch.setattr(demos, "_importable", lambda m: m not in absent and real(m))
