@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import SMALL
-from tl_tensorsim import cli, load
+from tl_tensorsim import cli, fit_ndm_command, load
 from tl_tensorsim.activations import collect_activations, load_activations
 from tl_tensorsim.adapter import ModelView
 from tl_tensorsim.ndm import SubspacePartition, fit_ndm
@@ -59,7 +59,7 @@ def test_fit_ndm_writes_partition_store_and_resumes(inputs, tmp_path, monkeypatc
     assert settings["unit_size"] == 8 and settings["key_pool"] == 40 and settings["merge_threshold"] == 1e-6
     assert settings["n_rows"] == 10 * 7  # BOS left out
     # the store holds what collect_activations gives on the same model (loaded the way the CLI loads it)
-    model = cli._load_model(str(inputs / "model"), "cpu")
+    model = fit_ndm_command._load_model(str(inputs / "model"), "cpu")
     tokens = torch.from_numpy(np.load(inputs / "tokens.npy"))
     mask = torch.ones(10, 8, dtype=torch.bool)
     mask[:, 0] = False
@@ -208,7 +208,7 @@ def test_seq_len_is_checked_before_any_work(inputs, tmp_path, capsys, monkeypatc
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(cli, "_load_model", no_work)
+    monkeypatch.setattr(fit_ndm_command, "_load_model", no_work)
     err = _exit_message(["fit-ndm", str(inputs / "model"), HOOK, "--data", str(tmp_path / "doc.txt"), "--out",
                          str(tmp_path / "o"), "--seq-len", value], capsys)  # fmt: skip
     assert f"argument --seq-len: expected an int from 2 (BOS and one token) to the model's n_ctx; got {value!r}" in err
@@ -226,10 +226,10 @@ def test_seq_len_above_n_ctx_is_named():
         tokenizer = Tokenizer()
         cfg = type("Cfg", (), {"n_ctx": 16})
 
-    assert cli._tokenise(["text"], Model(), 16).shape == (6, 16)
-    assert cli._tokenise(["text"], Model(), None).shape == (6, 16)  # default: n_ctx
+    assert fit_ndm_command._tokenise(["text"], Model(), 16).shape == (6, 16)
+    assert fit_ndm_command._tokenise(["text"], Model(), None).shape == (6, 16)  # default: n_ctx
     with pytest.raises(ValueError, match=r"--seq-len: expected an int from 2 to the model's n_ctx, 16; got 17"):
-        cli._tokenise(["text"], Model(), 17)
+        fit_ndm_command._tokenise(["text"], Model(), 17)
 
 
 def test_max_sequences_must_be_positive(inputs, tmp_path, capsys):

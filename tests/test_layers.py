@@ -17,11 +17,31 @@ PACKAGE_DIRS = {
 }
 
 # room -> floor, from the ground up (ARCHITECTURE.md "Floors").
-CORE = {"adapter", "artifacts", "artifact_files", "model_config", "linalg", "factored", "checks", "positions", "model_io", "model_run", "weight_files"}
-FLOORS: dict[str, int] = {**dict.fromkeys(CORE, 0), "activations": 1, "training": 1, "distributed": 1, "activation_store": 1, "hooks": 1, "models": 2}
+CORE = {
+    "adapter",
+    "artifacts",
+    "artifact_files",
+    "model_config",
+    "linalg",
+    "factored",
+    "checks",
+    "positions",
+    "model_io",
+    "model_run",
+    "weight_files",
+}
+FLOORS: dict[str, int] = {
+    **dict.fromkeys(CORE, 0),
+    "activations": 1,
+    "training": 1,
+    "distributed": 1,
+    "activation_store": 1,
+    "hooks": 1,
+    "models": 2,
+}
 ANALYSES = {"similarity", "tensor_networks", "ndm", "interaction", "proofs"}
 FLOORS.update(dict.fromkeys(ANALYSES, 3))
-FLOORS.update({"circuits": 4, "report": 5, "cli": 5, "demos": 5, "__init__": 5, "__main__": 5})
+FLOORS.update({"circuits": 4, "report": 5, "cli": 5, "fit_ndm_command": 5, "demos": 5, "__init__": 5, "__main__": 5})
 
 
 def _modules() -> dict[str, Path]:
