@@ -196,7 +196,7 @@ def test_basis_and_model_of_other_width_are_refused_before_any_work(setup, monke
     with pytest.raises(ValueError, match=match):
         edge_ablation(graph, basis, narrow, data, metric)
     other_vocab = tiny(0, d_vocab=17)
-    with pytest.raises(ValueError, match=r"model: node layer 'output' has d_vocab 17 .*; expected 13"):
+    with pytest.raises(ValueError, match=r"model: node layer 'output' has d_vocab_out 17 .*; expected 13"):
         interaction_graph(basis, other_vocab, data, progress=False)
     with pytest.raises(TypeError, match="basis: expected an InteractionBasis"):
         node_ablation(graph, model, data, metric, node=0, keep=[1])
@@ -217,3 +217,13 @@ def test_node_ablation_refuses_keep_beyond_the_basis(setup):
         node_ablation(basis, model, data, metric, node=0, keep=3)
     res = node_ablation(basis, model, data, metric, node=0, keep=[m])
     assert [k for k, _ in res.curves["blocks.0.hook_resid_pre"]] == [m]
+
+
+def test_a_model_with_fewer_outputs_than_inputs_passes_the_width_check():
+    """d_vocab_out below d_vocab (the modular-addition model: 114 inputs, 113 outputs): the logits' width is the
+    unembedding's, so the graph runs on the model the basis was built from (the check compared it with d_vocab)."""
+    model = tiny(0, d_vocab=14, d_vocab_out=13)
+    data = torch.randint(0, 14, (20, 4), generator=torch.Generator().manual_seed(0))
+    basis = interaction_basis(model, ["blocks.0.hook_resid_post", "output"], data, progress=False)
+    graph = interaction_graph(basis, model, data, progress=False)
+    assert basis.dims[-1] == 14 and graph.edges[0].shape[0] == basis.kept[-1]

@@ -254,7 +254,7 @@ def check_basis_model(basis: InteractionBasis, view: Any) -> sections.NodeLayers
     for name, d1 in zip(basis.node_layers, basis.dims):
         d = sections.width(view, name)
         if d != d1 - 1:
-            what = "d_vocab" if name == sections.OUTPUT else "width"
+            what = "d_vocab_out" if name == sections.OUTPUT else "width"
             raise ValueError(
                 f"model: node layer {name!r} has {what} {d} in {view.cfg.model_name!r}; expected {d1 - 1}, the "
                 "width the basis was built on. Hint: pass the model the basis was computed from "

@@ -68,8 +68,9 @@ def check_node_layers(view: Any, node_layers: Any, last_pos_from: str | None) ->
 
 
 def width(view: Any, name: str) -> int:
-    """Feature size `d` of node layer `name` (`d_vocab` for the logits)."""
-    return view.cfg.d_vocab if name == OUTPUT else int(view.feature_shape(name)[0])
+    """Feature size `d` of node layer `name` (for the logits: the unembedding's width, `d_vocab_out`, which can be
+    below `d_vocab`)."""
+    return int(view.weight("W_U").shape[-1]) if name == OUTPUT else int(view.feature_shape(name)[0])
 
 
 def collect(view: Any, layers: NodeLayers, tokens: Int[Tensor, "batch pos"]) -> list[Tensor]:
