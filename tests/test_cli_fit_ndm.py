@@ -276,3 +276,24 @@ def test_a_model_name_that_does_not_load_is_named(inputs, tmp_path, capsys, monk
     argv = ["fit-ndm", "org/mdoel", HOOK, "--data", str(inputs / "tokens.npy"), "--out", str(tmp_path), "--quiet"]
     err = _exit_message(argv, capsys)
     assert "MODEL: could not load 'org/mdoel'" in err and type(error).__name__ in err and len(err) < 600
+
+
+class _TwoRanks:
+    """A stand-in for a 2-rank `Collectives`: rank 1 sends rank 0's hash (`same`) or another one."""
+
+    distributed = True
+
+    def __init__(self, same: bool):
+        self.same = same
+
+    def all_gather(self, tensor):
+        return torch.stack([tensor, tensor if self.same else tensor + 1])
+
+
+def test_ranks_given_different_arguments_are_refused():
+    """Under torchrun each rank parses its own command line: a rank given other arguments (another --lr, --data)
+    or other token ids is refused on every rank, before any work (one all-gather of a hash)."""
+    args = {"model": "m", "hook": "blocks.0.hook_resid_post", "data": "tokens.npy", "ndm_lr": 0.01}
+    fit_ndm_command._same_on_every_rank(_TwoRanks(same=True), args, "the command line")
+    with pytest.raises(ValueError, match=r"the command line: every rank must get the same .*ranks \[1\] differ"):
+        fit_ndm_command._same_on_every_rank(_TwoRanks(same=False), args, "the command line")

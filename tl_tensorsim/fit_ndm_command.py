@@ -302,6 +302,26 @@ def _write_data_record(out: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, out / DATA_RECORD)
 
 
+def _same_on_every_rank(comm: Any, value: Any, what: str) -> None:
+    """Under torchrun every rank runs the command with its own arguments: a ValueError on every rank when `value`
+    (JSON-ready) differs between ranks, before any rank collects or trains (one all-gather of a 60-bit hash)."""
+    import hashlib
+    import json
+
+    import torch
+
+    if not comm.distributed:
+        return
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:15]
+    seen = comm.all_gather(torch.tensor([int(digest, 16)], dtype=torch.int64))[:, 0].tolist()
+    other = [rank for rank, d in enumerate(seen) if d != seen[0]]
+    if other:
+        raise ValueError(
+            f"{what}: every rank must get the same (torchrun starts one command per rank, and the ranks share one "
+            f"fit); ranks {other} differ from rank 0: run the same command on every rank, on the same files"
+        )
+
+
 def fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -327,6 +347,7 @@ def fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return loaded[0]
 
     try:
+        _same_on_every_rank(comm, vars(args), "the command line (MODEL, HOOK, --data, settings)")
         record = _data_record(args)
         _check_data_record(out, record)  # before any work: the settings as given
         data = _load_data(args, model_of)
@@ -338,6 +359,7 @@ def fit_ndm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
             tokens = data if args.max_sequences is None else data[: args.max_sequences]
             record["tokens"] = data_fingerprint(tokens)
+            _same_on_every_rank(comm, record["tokens"], "the token ids read from DATA")
             _check_data_record(out, record)  # the token ids themselves (a DATA file changed in place)
             if comm.is_main:
                 _write_data_record(out, record)
