@@ -123,6 +123,13 @@ class AffineProject(SubspaceHook):
     def _tensor_name(self) -> str:
         return "basis.C"
 
+    def _check_feature_dim(self, d: int, name: str) -> None:
+        if self.feature_dim != d:  # C has one row more than the features: the constant direction
+            raise ValueError(
+                f"basis.C: has {self.feature_dim + 1} rows (features and the constant) but the feature axis of {name} "
+                f"has size {d} (basis.C must be [{d + 1}, ...]: a basis built at a hook of that width)"
+            )
+
     def _transform(self, x):
         P = self.projector.to(dtype=x.dtype, device=x.device)
         return x @ P[:-1, :-1] + P[-1, :-1]
@@ -193,4 +200,9 @@ def unrotate(
     rotation: Any, *, positions: Positions = None, head: int | None = None, atol: float | None = None
 ) -> Rotate:
     """The inverse of `rotate(rotation)`: `x -> x @ R⁻¹`."""
+    if _is_affine_basis(rotation):
+        raise ValueError(
+            "rotation: unrotate takes a rotation matrix; an affine basis (C, C_pinv) hook maps back itself "
+            "(x -> ([x, 1] C C⁺)[:d]): use rotate((C, C_pinv), keep=...)"
+        )
     return Rotate(rotation, inverse=True, positions=positions, head=head, atol=atol)

@@ -68,7 +68,9 @@ def test_with_a_model_and_an_interaction_basis():
     assert torch.allclose(full, clean, atol=1e-8)  # nothing truncated at this layer (kept 9 of 9)
     cut = hooks.run_with_hooks(model, data, [("blocks.0.hook_resid_mid", hooks.rotate(ib.node(1), keep=2))])
     assert not torch.allclose(cut, clean, atol=1e-3)
-    with pytest.raises(ValueError, match="basis.C"):  # feature size checked before the forward pass
+    # feature size checked before the forward pass; C has d + 1 rows (the constant), and the message counts them
+    match = r"basis.C: has 9 rows \(features and the constant\) but .*hook_post' has size 12 \(basis.C must be \[13,"
+    with pytest.raises(ValueError, match=match):
         hooks.run_with_hooks(model, data, [("blocks.0.mlp.hook_post", hooks.rotate(ib.node(1), keep=2))])
 
 
@@ -87,3 +89,8 @@ def test_with_a_model_and_an_interaction_basis():
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         hooks.rotate(*args, **kwargs)
+
+
+def test_unrotate_names_an_affine_basis():
+    with pytest.raises(ValueError, match=r"rotation: unrotate takes a rotation matrix; an affine basis"):
+        hooks.unrotate(affine_basis())
