@@ -1,9 +1,10 @@
 """`tl_tensorsim.circuits`: known circuits (IOI, greater-than, induction) as ground truth, and the tools to test
 subspaces against them: datasets for any tokenizer, task metrics, batched subspace patching, the Gini coefficient,
-path patching (`path_patching`, `discover_circuit`), and `validate_ndm`, the NDM paper's five tests beside its
-numbers."""
+path patching (`path_patching`, `discover_circuit`), the DAS ceiling (`das_ceiling`: a supervised subspace of a
+given width) and `validate_ndm`, the NDM paper's five tests beside its numbers."""
 
-from tl_tensorsim.circuits import datasets
+from tl_tensorsim.circuits import das, datasets
+from tl_tensorsim.circuits.das import DASResult, das_ceiling
 from tl_tensorsim.circuits.datasets import PromptSet, greater_than_dataset, induction_dataset, ioi_dataset
 from tl_tensorsim.circuits.gini import gini
 from tl_tensorsim.circuits.metrics import (
@@ -20,6 +21,7 @@ from tl_tensorsim.circuits.validate import NDMValidation, paper_tests, validate_
 
 __all__ = [
     "Circuit",
+    "DASResult",
     "NDMValidation",
     "PatchingTest",
     "PathPatching",
@@ -27,6 +29,8 @@ __all__ = [
     "Receiver",
     "SubspacePatching",
     "available_circuits",
+    "das",
+    "das_ceiling",
     "datasets",
     "discover_circuit",
     "get_circuit",

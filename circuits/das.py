@@ -16,6 +16,7 @@ Cost: `steps` forward and backward passes over a batch of training prompts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,31 +53,42 @@ class DASResult(Artifact):
 
     @property
     def share(self) -> float:
-        """`effect` as a share of the whole space's held-out effect."""
-        return self.effect / self.held_out.whole_effect
+        """`effect` as a share of the whole space's held-out effect (NaN when the whole space has no effect, e.g.
+        corrupted prompts identical to the clean ones; as `SubspacePatching.to_dataframe`)."""
+        whole = self.held_out.whole_effect
+        return self.effect / whole if whole else math.nan
 
     def _encode_field(self, name: str, value: Any) -> Any:
-        if name == "held_out":
-            return {"per_prompt": value.per_prompt.tolist(), "clean": value.clean.tolist(),
-                    "corrupted": value.corrupted.tolist(), "sizes": list(value.sizes), "hook_name": value.hook_name,
-                    "metric": value.metric, "corruption": value.corruption, "positions": list(value.positions)}  # fmt: skip
+        if name == "held_out":  # every field of the SubspacePatching, float64 lists (exact through JSON)
+            var = None if value.variances is None else value.variances.double().tolist()
+            return {"test": value.test, "method": value.method, "per_prompt": value.per_prompt.tolist(),
+                    "clean": value.clean.tolist(), "corrupted": value.corrupted.tolist(), "sizes": list(value.sizes),
+                    "hook_name": value.hook_name, "metric": value.metric, "corruption": value.corruption,
+                    "positions": list(value.positions), "variances": var,
+                    "provenance": value.provenance.to_dict()}  # fmt: skip
         return super()._encode_field(name, value)
 
     @classmethod
     def _decode_field(cls, name: str, value: Any) -> Any:
-        if name == "held_out":
+        if name == "held_out":  # results saved before the round trip was complete lack test, method, variances
             t = torch.tensor
-            return SubspacePatching(test="das held-out", hook_name=value["hook_name"], method="das",
-                                    metric=value["metric"], corruption=value["corruption"],
-                                    positions=tuple(value["positions"]), sizes=tuple(value["sizes"]),
+            var = value.get("variances")
+            return SubspacePatching(test=value.get("test", "das held-out"), hook_name=value["hook_name"],
+                                    method=value.get("method", "das"), metric=value["metric"],
+                                    corruption=value["corruption"], positions=tuple(value["positions"]),
+                                    sizes=tuple(value["sizes"]),
                                     per_prompt=t(value["per_prompt"], dtype=torch.float64),
                                     clean=t(value["clean"], dtype=torch.float64),
-                                    corrupted=t(value["corrupted"], dtype=torch.float64))  # fmt: skip
+                                    corrupted=t(value["corrupted"], dtype=torch.float64),
+                                    variances=None if var is None else t(var, dtype=torch.float64),
+                                    provenance=Provenance.from_dict(value.get("provenance", {})))  # fmt: skip
         return super()._decode_field(name, value)
 
     def __repr__(self) -> str:
+        share = self.share
+        of_whole = "the whole space has no effect" if math.isnan(share) else f"{share:.0%} of the whole space"
         return (f"DASResult(test={self.test!r}, size={self.size}, held-out effect={self.effect:.4g} "
-                f"({self.share:.0%} of the whole space), steps={len(self.losses)})")  # fmt: skip
+                f"({of_whole}), steps={len(self.losses)})")  # fmt: skip
 
 
 def _complete(basis: Tensor) -> Tensor:

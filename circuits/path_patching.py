@@ -7,7 +7,9 @@ For a sender head h and receivers R, on clean prompts x and their corruption x':
    (MLP outputs frozen too, where the model has MLPs), and record the receivers' inputs;
 2. for `receivers="logits"` the metric of that run is the answer (h's direct effect on the logits: nothing but h
    changed in the residual stream); otherwise run x again with only the receivers' inputs (`attn.hook_q`, `hook_k` or
-   `hook_v` of the receiver heads, at the named positions) replaced by the values recorded in step 1.
+   `hook_v` of the receiver heads, at the named positions) replaced by the values recorded in step 1. Only the
+   receivers strictly above h's layer are patched: h can reach no other (their recorded inputs equal the clean
+   ones), so receivers spread over several layers are each tested with every head below them.
 
 `PathPatching.effects` = mean patched − mean clean metric per sender `[layer, head]`, and `relative` the same divided
 by (mean clean − mean corrupted): −1 when the paths carry the whole difference between the runs. Cost: per prompt
@@ -61,8 +63,8 @@ class Receiver:
 @dataclass(repr=False)
 class PathPatching(Artifact, CleanCorrupted):
     """Path-patching results (float64): `per_prompt` `[n_layers, n_heads, batch]` the metric with sender (layer,
-    head) patched along the paths to `receivers` (NaN for heads that were not senders), `clean` / `corrupted`
-    `[batch]` the unpatched metrics."""
+    head) patched along the paths to `receivers` (NaN for heads that were not senders, or not below any receiver),
+    `clean` / `corrupted` `[batch]` the unpatched metrics."""
 
     receivers: tuple[str, ...]
     metric: str
@@ -182,7 +184,8 @@ def path_patching(
             receivers' `hook_k` / `hook_v` must have one slot per query head).
         prompts: a `PromptSet`; `corruption`: one of its corruptions (IOI: `"random"`, the ABC prompts of Wang et al.).
         receivers: `"logits"` (direct effects) or `Receiver`s, head inputs of later layers.
-        senders: `(layer, head)` pairs (default: every head below the lowest receiver's layer; all heads for logits).
+        senders: `(layer, head)` pairs, each below at least one receiver (default: every head below the highest
+            receiver's layer; all heads for logits). A sender is patched into the receivers above its layer only.
         metric: a `metrics.MetricName` (default: the task's).
     Returns a `PathPatching` (float64, CPU). Cost: see the module docstring.
     """
@@ -208,13 +211,14 @@ def _path_patching(
     sets = [_receivers(r, view, prompts) for r in receiver_sets]
     batch_size = checked_int(batch_size, "batch_size", 1, "a positive number of prompts per forward pass")
     n_layers, n_heads = view.cfg.n_layers, view.cfg.n_heads
-    top = min([n_layers] + [r.layer for recv in sets for r in recv or []])
+    # a sender must lie below some receiver of some set: below the highest receiver's layer (logits: any layer)
+    top = max(n_layers if recv is None else max(r.layer for r in recv) for recv in sets)
     senders = [(i, j) for i in range(top) for j in range(n_heads)] if senders is None else list(senders)
     bad = [s for s in senders if not (isinstance(s, tuple) and len(s) == 2 and 0 <= s[0] < top and 0 <= s[1] < n_heads)]
     if bad or not senders:
         raise ValueError(
-            f"senders: expected (layer, head) pairs with layer < {top} (below every receiver) and head < {n_heads}; "
-            f"got {bad or senders}"
+            f"senders: expected (layer, head) pairs with layer < {top} (below a receiver) and head < {n_heads}; "
+            f"got {bad or senders}; a head reaches only the receivers of later layers"
         )
     z_names = [view.check_hook_name(f"blocks.{i}.attn.hook_z", "model") for i in range(n_layers)]
     mlp_names = [] if view.config_value("attn_only", False) else [f"blocks.{i}.hook_mlp_out" for i in range(n_layers)]
@@ -246,8 +250,10 @@ def _path_patching(
                 for k, recv in enumerate(sets):
                     if recv is None:
                         per_prompt[k, layer, head, a:b] = direct.cpu()
-                    else:
-                        patch = [(r.hook_name, _patch_input(r, seen, sub)) for r in recv]
+                        continue
+                    above = [r for r in recv if r.layer > layer]  # the receivers this sender can reach
+                    if above:  # else: no path from this sender to the set, left NaN
+                        patch = [(r.hook_name, _patch_input(r, seen, sub)) for r in above]
                         per_prompt[k, layer, head, a:b] = score(run(tokens, fwd_hooks=patch)).cpu()
     return [
         PathPatching(
@@ -325,7 +331,10 @@ def discover_circuit(
 
     Level 1: `path_patching(..., "logits")`; heads whose relative effect is ≤ −threshold form class `"direct"`,
     ≥ +threshold `"negative direct"`. Level k + 1: for each input in `inputs`, path patching into that input (every
-    position) of all heads of each level-k class C; the heads found form class `"{input} input of {C}"`. Classes
+    position) of the heads of each level-k class C; every head strictly below a receiver's layer is tested as a
+    sender into the receivers above it (so a layer-1 head is tested through a layer-2 member of C even when C also
+    holds layer-1 heads), and the layer-0 heads of C, with nothing below them, are no receivers (a class wholly in
+    layer 0 ends the search there). The heads found form class `"{input} input of {C}"`. Classes
     are renamed by `class_names` (default `IOI_CLASS_NAMES`: direct -> name mover, queries of the name movers ->
     S-inhibition); later levels use the renamed parent. Returns `(classes, results)`: `{class: ((layer, head), ...)}`
     (non-empty classes, strongest head first) and the `PathPatching` of every step keyed by its receivers' class
@@ -352,9 +361,10 @@ def discover_circuit(
     for _ in range(depth - 1):
         nxt = {}
         for parent, heads in level.items():
-            if min(h[0] for h in heads) == 0:
+            receivers = [h for h in heads if h[0] > 0]  # a layer-0 head has no heads below it
+            if not receivers:
                 continue
-            sets = [[Receiver(i, j, inp) for i, j in heads] for inp in inputs]
+            sets = [[Receiver(i, j, inp) for i, j in receivers] for inp in inputs]
             for inp, res in zip(inputs, _path_patching(model, prompts, corruption, sets, None, None, batch_size)):
                 raw = f"{inp} input of {parent}"
                 results[raw] = res

@@ -68,10 +68,21 @@ class PromptSet:
             raise ValueError(f"corruption: expected one of {list(self.corrupted)}; got {name!r}")
         return self.corrupted[name]
 
-    def subset(self, index: Sequence[int] | slice | Tensor, trim: bool = True) -> PromptSet:
-        """The prompts at `index` (a slice, a list of ints or a LongTensor), trimmed to their longest length
-        (`trim=False`: the set's width kept)."""
-        idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
+    def subset(self, index: Sequence[int] | Sequence[bool] | slice | Tensor, trim: bool = True) -> PromptSet:
+        """The prompts at `index` (a slice, a list of ints or a LongTensor, or a boolean mask `[batch]` such as
+        `ds.lengths == 21`, selecting the prompts where it is True), trimmed to their longest length (`trim=False`:
+        the set's width kept)."""
+        idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index)
+        if idx.dtype == torch.bool:
+            if idx.shape != (len(self),):
+                raise ValueError(
+                    f"index: expected a boolean mask of shape [{len(self)}] (one entry per prompt); got shape "
+                    f"{list(idx.shape)}; build it from this set, e.g. ds.lengths == 21"
+                )
+            idx = idx.nonzero().flatten()
+        idx = idx.long()
+        if idx.numel() == 0 and trim:
+            raise ValueError("index: selects no prompts; expected at least one (or trim=False for an empty set)")
         width = int(self.lengths[idx].max()) if trim else self.clean.shape[1]
         return PromptSet(
             task=self.task,

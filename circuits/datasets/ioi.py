@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from tl_tensorsim.checks import check_choice, checked_int
-from tl_tensorsim.models.ioi_text import ABBA_TEMPLATES, BABA_TEMPLATES, NAMES, OBJECTS, PLACES, mirror
+from tl_tensorsim.models.ioi_text import ABBA_TEMPLATES, BABA_TEMPLATES, NAMES, OBJECTS, PLACES, mirror, split_words
 
 from .base import PromptSet
 from .tokens import TextEncoder, pad_right
@@ -68,6 +68,49 @@ def _locate(enc: TextEncoder, text: str, ids: list[int], char: int, token: int, 
     return k
 
 
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def _unknown_word(enc: TextEncoder, text: str) -> str | None:
+    """A word of `text` that this tokenizer does not round-trip (encode, then decode: the text back, spaces aside),
+    i.e. one it maps to an unknown-word token; None when the whole text round-trips."""
+    if _squash(enc.decode(enc.encode(text))) == _squash(text):
+        return None
+    for word in text.split():
+        if _squash(enc.decode(enc.encode(" " + word))) != word:
+            pieces = [p for p in split_words(word) if _squash(enc.decode(enc.encode(" " + p))) != p]
+            return pieces[0] if pieces else word
+    return text
+
+
+def _check_vocabulary(
+    enc: TextEncoder, templates: Sequence[str], names: list[str], places: list[str], objects: list[str]
+) -> None:
+    """Every template word, place and object must survive the tokenizer (a word-level tokenizer maps a word it
+    lacks to its unknown token, often also the BOS / pad id): each template filled with the first place and object,
+    and each place and object in the first template that has its slot. A `ValueError` names the argument and the
+    word."""
+    fill = {"[A]": names[0], "[B]": names[1], "[PLACE]": places[0], "[OBJECT]": objects[0]}
+    texts = [(_render(t, fill)[0], t) for t in templates]
+    for slot, words in (("[PLACE]", places), ("[OBJECT]", objects)):
+        template = next((t for t in templates if slot in t[: t.rindex(" [A]")]), None)
+        if template is not None:  # a slot no template uses needs no words
+            texts += [(_render(template, {**fill, slot: w})[0], template) for w in words]
+    for text, template in texts:
+        word = _unknown_word(enc, text)
+        if word is None:
+            continue
+        argument = next((arg for arg, ws in (("places", places), ("objects", objects))
+                         if any(word == w or word in split_words(w) for w in ws)), "templates")  # fmt: skip
+        where = f"of {template!r}" if argument == "templates" else f"in {text!r}"
+        raise ValueError(
+            f"{argument}: the word {word!r} {where} is not in this tokenizer's vocabulary (it does not survive "
+            "encoding and decoding: an unknown-word token); use words the tokenizer knows (for a word-level "
+            f"tokenizer, words of its vocabulary), or drop {word!r}"
+        )
+
+
 def ioi_dataset(
     tokenizer: Any,
     n: int = 100,
@@ -85,7 +128,9 @@ def ioi_dataset(
 
     Args:
         tokenizer: any tokenizer (`TextEncoder` takes a HF tokenizer, a `tokenizers.Tokenizer`, or an object with
-            `encode` / `decode`). Every name must be one token with its leading space (`ValueError` naming it).
+            `encode` / `decode`). Every name must be one token with its leading space, and every template word,
+            place and object must survive encoding and decoding, i.e. be in a word-level tokenizer's vocabulary
+            (`ValueError` naming it).
         prompt_type: `"BABA"` (the templates as given), `"ABBA"` (their mirrors) or `"mixed"` (each prompt either,
             with probability 1/2).
         templates: BABA templates with `[A]` (IO), `[B]` (S), `[PLACE]`, `[OBJECT]`, ending in ` [A]`.
@@ -109,6 +154,7 @@ def ioi_dataset(
     name_ids = {nm: enc.single_token(nm, "names") for nm in names}
     if len(set(name_ids.values())) != len(name_ids):
         raise ValueError("names: two names map to the same token under this tokenizer")
+    _check_vocabulary(enc, templates, names, places, objects)
     bos, pad = enc.bos_and_pad(prepend_bos, bos_token_id)
     rng = random.Random(seed)
     off = int(prepend_bos)

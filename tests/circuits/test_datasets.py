@@ -130,3 +130,38 @@ def test_to_hf_dataset(word_tok):
     assert len(hf) == 6 and hf[2]["text"] == ds.texts[2] and hf[2]["END"] == int(ds.positions["END"][2])
     assert hf[2]["clean"] == ds.clean[2, : ds.lengths[2]].tolist()
     assert hf[2]["corrupted_swap"][hf[2]["IO"]] == int(ds.answers["S"][2])
+
+
+def test_subset_takes_a_boolean_mask(word_tok):
+    ds = ioi_dataset(word_tok, 12, seed=2)
+    mask = ds.lengths == ds.lengths.max()
+    assert 0 < int(mask.sum()) < len(ds)
+    for index in (mask, mask.tolist()):
+        sub = ds.subset(index)
+        assert sub.texts == [t for t, keep in zip(ds.texts, mask.tolist()) if keep]
+        assert torch.equal(sub.clean, ds.clean[mask]) and torch.equal(sub.positions["END"], ds.positions["END"][mask])
+        assert sub.meta["template"] == [t for t, keep in zip(ds.meta["template"], mask.tolist()) if keep]
+    assert ds.subset(torch.tensor([3, 1])).texts == [ds.texts[3], ds.texts[1]]  # indices as before
+    with pytest.raises(ValueError, match=r"index: expected a boolean mask of shape \[12\].*got shape \[11\]"):
+        ds.subset(mask[:11])
+    with pytest.raises(ValueError, match="index: selects no prompts"):
+        ds.subset(torch.zeros(12, dtype=torch.bool))
+
+
+def test_ioi_rejects_places_objects_and_template_words_outside_the_vocabulary(word_tok, gpt2_tok):
+    from tl_tensorsim.models.ioi import ioi_tokenizer
+
+    model_tok = ioi_tokenizer()  # the IOI model's word-level tokenizer: unknown words become its BOS / pad id
+    for tok in (word_tok, model_tok):
+        with pytest.raises(ValueError, match=r"places: the word 'moon' in .* not in this tokenizer's vocabulary"):
+            ioi_dataset(tok, 2, places=["store", "moon"])
+        with pytest.raises(ValueError, match=r"objects: the word 'spaceship' in .* drop 'spaceship'"):
+            ioi_dataset(tok, 2, objects=["spaceship"])
+        with pytest.raises(ValueError, match=r"templates: the word 'Yesterday' of 'Yesterday, \[B\] and"):
+            ioi_dataset(tok, 2, templates=["Yesterday, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]"])
+    ds = ioi_dataset(model_tok, 20, seed=0)  # the shipped words all pass
+    unk = model_tok.unk_token_id
+    assert all(unk not in ds.clean[b, 1 : int(ds.lengths[b])].tolist() for b in range(len(ds)))
+    # GPT-2's byte-level BPE spells any word: "moon" and "spaceship" are fine there
+    moon = ioi_dataset(gpt2_tok, 2, places=["moon"], objects=["spaceship"], templates=BABA_TEMPLATES[:1])
+    assert "moon" in moon.texts[0] and "spaceship" in moon.texts[0]

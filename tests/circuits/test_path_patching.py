@@ -103,3 +103,28 @@ def test_bad_input_is_refused_before_any_run(model, prompts):
         path_patching(model, prompts, "nope")
     with pytest.raises(ValueError, match="position"):
         path_patching(model, prompts, "random", [Receiver(1, 0, "q", "NOPE")])
+
+
+def test_receivers_in_several_layers_are_each_tested_with_every_head_below(model, prompts):
+    """A layer-1 head reaches a layer-2 receiver even when the set also holds a layer-1 receiver: it is a sender,
+    patched into the receivers above it only (the same number as a path patching into those alone)."""
+    both = path_patching(model, prompts, "random", [Receiver(1, 0, "q"), Receiver(2, 3, "q")])
+    assert not torch.isnan(both.per_prompt[:2]).any() and torch.isnan(both.per_prompt[2]).all()
+    upper = path_patching(model, prompts, "random", [Receiver(2, 3, "q")], senders=[(1, j) for j in range(4)])
+    torch.testing.assert_close(both.per_prompt[1], upper.per_prompt[1], atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"senders: expected \(layer, head\) pairs with layer < 2"):
+        path_patching(model, prompts, "random", [Receiver(1, 0, "q"), Receiver(2, 3, "q")], senders=[(2, 0)])
+
+
+def test_discovery_tests_every_class_member_above_layer_0(model, prompts):
+    """At a low threshold the name movers span layers 1 and 2 and the negative name movers layers 0 and 1: every
+    head below a receiver's layer is a sender, and a class with layer-0 heads still has its upper heads searched."""
+    classes, results = discover_circuit(model, prompts, threshold=0.035, depth=2)
+    mixed = [c for c in ("name mover", "negative name mover") if len({h[0] for h in classes.get(c, ())}) > 1]
+    assert mixed, classes  # the scenario this test is about
+    for parent in mixed:
+        top = max(h[0] for h in classes[parent])
+        for inp in "qkv":
+            res = results[f"{inp} input of {parent}"]
+            tested = ~torch.isnan(res.per_prompt[..., 0])
+            assert bool(tested[:top].all()) and not bool(tested[top:].any()), (parent, inp)
