@@ -127,9 +127,22 @@ def test_write_shipped_is_explicit(tmp_path, monkeypatch):
             "config: steps: expected an integer (the default is 2000); got 'abc'",
         ),
         (["train", "grokking", "--write-shipped"], "write_shipped: model 'grokking' ships no weights"),
+        (["train", "max_of_k", "--set", "betas=[0.9]"], "betas: expected a list of 2 (a number, a number)"),
+        (["train", "max_of_k", "--set", 'betas=[0.9, "x"]'], "betas: expected a list of 2 (a number, a number)"),
+        (
+            ["train", "group_mlp", "--set", "group=S4", "--write-shipped"],
+            "the shipped folder group_S5 holds another group's model",
+        ),
     ],
 )
-def test_train_usage_errors(argv, message, capsys):
+def test_train_usage_errors(argv, message, capsys, monkeypatch):
+    from tl_tensorsim.models import registry
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the arguments were checked")
+
+    for module in registry.available():  # every refusal comes before any training
+        monkeypatch.setattr(module, "train", no_training)
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err

@@ -83,6 +83,7 @@ def test_preconditions_name_the_setting():
         ({"attn_only": False, "d_mlp": 16, "act_fn": "relu"}, r"model: expected cfg.attn_only = True; got False"),
         ({"normalization_type": "LN"}, r"model: expected cfg.normalization_type = None; got 'LN'"),
         ({"positional_embedding_type": "rotary", "rotary_dim": 8}, r"positional_embedding_type = 'standard'"),
+        ({"post_embedding_ln": True}, r"model: expected cfg.post_embedding_ln off; got True"),  # LN without a type
     ):
         model = build_tl_model({**base, **change})
         for fn in (max_of_k.brute_force, max_of_k.cubic, max_of_k.subcubic, max_of_k.compare):

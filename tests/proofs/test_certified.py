@@ -115,6 +115,19 @@ def test_division_by_a_ball_containing_zero_certifies_nothing():
     assert q.upper()[1] >= 1.0 >= q.lower()[1]
 
 
+def test_division_by_a_subnormal_divisor_stays_an_enclosure():
+    """A divisor below TINY = 2^-1000: the radius was computed against TINY instead of the divisor, so the ball
+    [1024 ± 1e-13] missed the exact range [512, 1536]; it is now infinite there (and exact where it is safe)."""
+    a = Ball(torch.tensor([2.0**-1040], dtype=torch.float64), torch.tensor([2.0**-1041], dtype=torch.float64))
+    q = a / Ball.exact(torch.tensor([2.0**-1050], dtype=torch.float64))
+    assert q.lower() <= 512 and q.upper() >= 1536
+    f64 = dict(dtype=torch.float64)
+    ok = Ball(torch.tensor([2.0**-900], **f64), torch.tensor([2.0**-902], **f64)) / Ball.exact(
+        torch.tensor([2.0**-990], **f64)
+    )
+    assert ok.lower() <= 0.75 * 2.0**90 and ok.upper() >= 1.25 * 2.0**90 and math.isfinite(ok.rad)
+
+
 def test_overflow_and_nan_never_certify():
     big = Ball.exact(torch.tensor([800.0, -800.0])).exp()
     assert big.upper()[0] == math.inf and big.lower()[1] <= 0 <= big.upper()[1]

@@ -328,14 +328,23 @@ def train_group_mlp(group: str, seed: int = 0, recipe: str = "fast", progress: b
 
 
 # ---------------------------------------------------------------------------------------------- save / load
+def check_shipped(config: GroupMLPConfig, target: Path | None = None) -> None:
+    """A ValueError unless a model of `config` may be written to the shipped folder `target` (`weights/group_<G>`
+    holds a model of group G only; default `SHIPPED`); `registry.train_and_save(write_shipped=True)` asks before
+    training."""
+    target = SHIPPED if target is None else target
+    if target.name != f"group_{config.group}":
+        raise ValueError(
+            f"directory: the shipped folder {target.name} holds another group's model; a {config.group} model "
+            f"ships as weights/group_{config.group}"
+        )
+
+
 def save(run: TrainingRun, directory: str | os.PathLike) -> Path:
     """The trained model's parameters (float32 safetensors) and config + training summary (kind "GroupMLP")."""
     target = Path(directory)
-    if target.resolve().parent == WEIGHTS.resolve() and target.name != f"group_{run.config.group}":
-        raise ValueError(
-            f"directory: the shipped folder {target.name} holds another group's model; a {run.config.group} model "
-            f"ships as weights/group_{run.config.group}"
-        )
+    if target.resolve().parent == WEIGHTS.resolve():
+        check_shipped(run.config, target)
     final = run.history[-1] if run.history else {}
     meta = {
         "model_name": run.config.model_name,

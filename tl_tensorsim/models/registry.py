@@ -8,6 +8,7 @@
     def save(run, directory) -> Path     # the trained model, as `load(directory)` reads it
     def load(directory, **kwargs)        # the model in eval mode
     def load_default(path=None, **kwargs)   # `load(model_folder(NAME, path))`
+    def check_shipped(config)            # optional: a ValueError when `config`'s model may not overwrite SHIPPED
 
 Adding a model needs no change here. Retraining never writes inside the installed package: `train_and_save` writes
 to the folder the user names (`out/model/` and `out/checkpoints/`), by default `default_out(NAME)` under the user
@@ -122,7 +123,11 @@ def _fits(value: Any, tp: Any) -> bool:
     if tp in _SCALARS:
         return isinstance(value, _SCALARS[tp]) and (tp is bool or not isinstance(value, bool))
     if tp in (tuple, list) or origin in (tuple, list):
-        return isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[float, float]: that many, each fitting
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)  # list[int], tuple[int, ...]
     return True
 
 
@@ -134,9 +139,11 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if tp is type(None):
         return "null"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, "a list" if tp in (tuple, list) or origin in (tuple, list) else str(tp)
-    )
+    if tp in (tuple, list) or origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+        return f"a list of values, each {_describe(args[0])}" if args else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 def train_and_save(
@@ -157,6 +164,8 @@ def train_and_save(
         raise ValueError(f"write_shipped: model {name!r} ships no weights; nothing to overwrite")
     out = Path(out) if out is not None else default_out(name)
     config = config if config is not None else module.CONFIG()
+    if write_shipped and hasattr(module, "check_shipped"):  # a model whose shipped folder holds one config only
+        module.check_shipped(config)  # refused before any training, not after it
     run = module.train(
         config,
         progress=progress,

@@ -200,11 +200,13 @@ class Ball:
     __rmul__ = __mul__
 
     def __truediv__(self, other: Ball | Tensor | float) -> Ball:
-        """Division; the radius is inf where the divisor's ball contains 0."""
+        """Division; the radius is inf where the divisor's ball contains 0 or comes within `TINY` of it (there the
+        roundings of subnormal numbers are no longer covered)."""
         o = self._other(other)
         mid = self.mid / o.mid
         den = (o.mid.abs() - o.rad) * (1 - 2.0**-50)  # a lower bound of |divisor|
-        rad = torch.where(den > 0, (self.rad + mid.abs() * o.rad) / den.clamp_min(TINY), math.inf)
+        safe = den >= TINY
+        rad = torch.where(safe, (self.rad + mid.abs() * o.rad) / torch.where(safe, den, 1.0), math.inf)
         add_flops(mid.numel(), 8 * mid.numel())
         return Ball(mid, _up(rad + EPS * mid.abs(), 4))
 

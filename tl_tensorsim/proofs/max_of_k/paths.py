@@ -32,14 +32,22 @@ from tl_tensorsim.proofs.certified import Ball
 __all__ = ["PathTables", "attention_scale", "check_model", "check_against_forward", "path_logits", "path_tables"]
 
 # config flags that would change the forward pass, and the value under which the path formula holds
-_FLAGS_OFF = ("use_qk_norm", "use_attention_sinks", "use_local_attn", "scale_attn_by_inverse_layer_idx", "clip_qkv")
+_FLAGS_OFF = (
+    "use_qk_norm",
+    "use_attention_sinks",
+    "use_local_attn",
+    "scale_attn_by_inverse_layer_idx",
+    "clip_qkv",
+    "post_embedding_ln",  # a LayerNorm on the embeddings, even with normalization_type None
+)
 _HINT = "the Max-of-K proofs cover 1-layer, 1-head, attention-only models without normalisation (arXiv 2406.11779)"
 
 
 def check_model(model: ModelLike) -> ModelView:
     """The model's `ModelView` after checking the preconditions of the path decomposition; a `ValueError` naming
     the first violated one (n_layers 1, n_heads 1, attn_only, normalization_type None, standard positional
-    embeddings, d_vocab_out = d_vocab, no soft caps, QK norms, attention sinks or local attention)."""
+    embeddings, d_vocab_out = d_vocab, no soft caps, QK norms, post-embedding LayerNorm, attention sinks or local
+    attention)."""
     view = as_view(model)
     c = view.cfg
     expected = (
