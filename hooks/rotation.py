@@ -125,9 +125,10 @@ class AffineProject(SubspaceHook):
 
     def _check_feature_dim(self, d: int, name: str) -> None:
         if self.feature_dim != d:  # C has one row more than the features: the constant direction
+            what = "per-head feature axis" if self.head is not None else "feature axis"
             raise ValueError(
-                f"basis.C: has {self.feature_dim + 1} rows (features and the constant) but the feature axis of {name} "
-                f"has size {d} (basis.C must be [{d + 1}, ...]: a basis built at a hook of that width)"
+                f"basis.C: has {self.feature_dim + 1} rows (features and the constant) but the {what} of {name} has "
+                f"size {d} (basis.C must be [{d + 1}, ...]: a basis built at a hook of that width)"
             )
 
     def _transform(self, x):

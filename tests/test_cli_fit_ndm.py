@@ -294,6 +294,8 @@ def test_ranks_given_different_arguments_are_refused():
     """Under torchrun each rank parses its own command line: a rank given other arguments (another --lr, --data)
     or other token ids is refused on every rank, before any work (one all-gather of a hash)."""
     args = {"model": "m", "hook": "blocks.0.hook_resid_post", "data": "tokens.npy", "ndm_lr": 0.01}
+    assert fit_ndm_command._digest(args) == fit_ndm_command._digest(dict(reversed(args.items())))  # key order
+    assert fit_ndm_command._digest(args) != fit_ndm_command._digest({**args, "ndm_lr": 0.02})  # another --lr
     fit_ndm_command._same_on_every_rank(_TwoRanks(same=True), args, "the command line")
     with pytest.raises(ValueError, match=r"the command line: every rank must get the same .*ranks \[1\] differ"):
         fit_ndm_command._same_on_every_rank(_TwoRanks(same=False), args, "the command line")

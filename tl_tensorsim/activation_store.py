@@ -78,19 +78,18 @@ class RowWriter:
         self.chunks: list[Tensor] = []
         self.buffer: Tensor | None = None
         self.file = None
-        self._check_dtype()
+        self.check_dtype()
 
     # --------------------------------------------------------- helpers
     def file_dtype(self) -> np.dtype:
         """The dtype of the `.npy` file: the rows' own, `uint16` bit patterns for bfloat16 (see `write_manifest`)."""
-        if self.dtype == torch.bfloat16:
-            return _BF16_BITS
-        return np.dtype(_NUMPY_DTYPES.get(self.dtype, np.float32))
+        return _file_dtype(self.dtype if self.dtype in _TORCH_DTYPES.values() else torch.float32)
 
-    def _check_dtype(self) -> None:
+    def check_dtype(self, dtype: torch.dtype | None = None) -> None:
         """A store part may hold bfloat16 bit patterns (its manifest records the dtype); a `.npy` file of the
-        caller's (`out=x.npy`) may not: read later with `np.load`, it would be integers."""
-        if self.dtype == torch.bfloat16 and self.keep_file and not _PART_RE.fullmatch(self.path.name):
+        caller's (`out=x.npy`) may not: read later with `np.load`, it would be integers. `dtype`: the rows' dtype
+        when known before the first rows (the model's), else this writer's."""
+        if (dtype or self.dtype) == torch.bfloat16 and self.keep_file and not _PART_RE.fullmatch(self.path.name):
             raise ValueError(
                 f"out: a .npy file cannot hold bfloat16 rows (numpy has no bfloat16); got out={str(self.path)!r} "
                 "for bfloat16 activations (the model's dtype, or dtype=). Pass out=FOLDER (an activation store: it "
@@ -121,7 +120,7 @@ class RowWriter:
     def append(self, rows: Tensor) -> None:
         if self.dtype is None:
             self.dtype = rows.dtype
-            self._check_dtype()
+            self.check_dtype()
         rows = rows.detach().to("cpu", self.dtype)
         if self.file is None and (
             self.path is not None
@@ -184,7 +183,7 @@ def _file_dtype(dtype: torch.dtype) -> np.dtype:
 def _read_npy(path: Path, rows: int, row_shape: tuple[int, ...], dtype: torch.dtype, manifest: Path) -> Tensor:
     """Part `path` memory-mapped, checked against what the manifest records (`rows`, `row_shape`, `dtype`)."""
     expected = _file_dtype(dtype)
-    if rows == 0 and not path.exists():  # a process with no sequences writes no file
+    if rows == 0:  # a process with no sequences writes no file (one there is from an earlier collection)
         return _as_tensor(np.empty((0, *row_shape), expected), dtype)
     if not path.is_file():
         raise FileNotFoundError(
@@ -221,8 +220,6 @@ def _read_npy(path: Path, rows: int, row_shape: tuple[int, ...], dtype: torch.dt
             f"directory: part {path} is truncated: {size} bytes, where shape {got} of {expected} needs {need}; "
             "an interrupted write or copy: collect the store (or copy the part) again"
         )
-    if rows == 0:
-        return _as_tensor(np.empty((0, *row_shape), expected), dtype)
     return _as_tensor(np.load(path, mmap_mode="c"), dtype)
 
 

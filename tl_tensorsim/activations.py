@@ -282,6 +282,7 @@ def collect_activations(
             else data.n_seq * data.seq
         )
     store = RowWriter(row_shape, dtype, out, max_memory_bytes, n_rows)
+    store.check_dtype(dtype or view.dtype)  # a bfloat16 model and out=x.npy: refused before any forward pass
     stop = _stop_layer(view, hook_name)
     captured: list[Tensor] = []
 

@@ -117,7 +117,7 @@ def load(directory: str | os.PathLike) -> Any:
         loader = find(kind)
         if loader is not None:
             return loader(directory)
-    if kind in _OTHER_LOADERS:
+    if isinstance(kind, str) and kind in _OTHER_LOADERS:
         raise ValueError(
             f"directory: {directory} holds a {kind!r}, which tl_tensorsim.load does not read; "
             f"read it with {_OTHER_LOADERS[kind]}"

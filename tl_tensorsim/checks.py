@@ -8,6 +8,7 @@ the type annotation and the check can never disagree.
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any, get_args
@@ -51,9 +52,12 @@ def checked_int(value: Any, argument: str, minimum: int, expected: str) -> int:
 
 
 def checked_number(value: Any, argument: str, low: float, high: float = float("inf")) -> float:
-    """`value` as a Python float in [low, high] (bools, non-numbers and NaN rejected), else a `TypeError` /
-    `ValueError` naming `argument`, the range and the given value."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """`value` (a real number: int, float, numpy scalar or one-element tensor) as a Python float in [low, high]
+    (bools, non-numbers and NaN rejected), else a `TypeError` / `ValueError` naming `argument`, the range and the
+    given value."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument}: expected a number in [{low}, {high}]; got {value!r} ({type(value).__name__})")
     if not low <= value <= high:
         raise ValueError(f"{argument}: expected a number in [{low}, {high}]; got {value!r}")

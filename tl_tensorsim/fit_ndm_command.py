@@ -94,12 +94,13 @@ def fit_ndm_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--seq-len", type=seq_len, default=None, metavar="N", help="text: tokens per sequence (n_ctx)")
     fit.add_argument("--max-sequences", type=_int_at_least(1, "an int >= 1"), default=None, metavar="N",
                      help="use at most N sequences")  # fmt: skip
+    positive = _int_at_least(1, "an int >= 1")
     fit.add_argument("--split", default="train", help="datasets: the split (default train)")
     fit.add_argument("--text-column", default="text", help="datasets: the text column (default text)")
-    fit.add_argument("--collect-batch-size", type=int, default=32, metavar="N", help="sequences per forward pass")
+    fit.add_argument("--collect-batch-size", type=positive, default=32, metavar="N", help="sequences per forward pass")
     fit.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
-    fit.add_argument("--checkpoint-every", type=int, default=1000, metavar="N", help="steps between checkpoints")
-    fit.add_argument("--log-every", type=int, default=200, metavar="N", help="steps per history entry")
+    fit.add_argument("--checkpoint-every", type=positive, default=1000, metavar="N", help="steps between checkpoints")
+    fit.add_argument("--log-every", type=positive, default=200, metavar="N", help="steps per history entry")
     fit.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per process")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     _setting_flags(fit)
@@ -125,10 +126,10 @@ def _load_model(spec: str, device: Any) -> Any:
         for folder in (path / registry.MODEL_FOLDER, path):
             if (folder / CONFIG_FILE).is_file():
                 kind = json.loads((folder / CONFIG_FILE).read_text()).get("kind")
-                module = next((m for m in registry.available() if getattr(m, "KIND", None) == kind), None)
-                if module is None:
-                    raise ValueError(f"model: {folder} holds a {kind!r}, which no model of tl_tensorsim.models loads")
-                return module.load(folder, device=device)
+                load = registry.loader_for(kind)
+                if load is None:
+                    raise ValueError(f"MODEL: {folder} holds a {kind!r}, which no model of tl_tensorsim.models loads")
+                return load(folder, device=device)
         weights = sorted(path.glob("*.safetensors"))
         if (path / "config.json").is_file() and len(weights) == 1:
             from safetensors.torch import load_file
@@ -136,7 +137,7 @@ def _load_model(spec: str, device: Any) -> Any:
             view = ModelView.build(json.loads((path / "config.json").read_text()), device=device)
             return view.load_state_dict(load_file(str(weights[0]))).model.eval()
         raise ValueError(
-            f"model: {path} holds neither a saved model ({CONFIG_FILE}) nor config.json + one .safetensors file"
+            f"MODEL: {path} holds neither a saved model ({CONFIG_FILE}) nor config.json + one .safetensors file"
         )
     if spec in {m.__name__.rsplit(".", 1)[-1] for m in registry.available()}:
         model = registry.get(spec).load_default(device=device)
@@ -151,7 +152,7 @@ def _load_model(spec: str, device: Any) -> Any:
                 f"--list`), and TransformerLens did not load it as a model name ({type(exc).__name__}: {text})"
             ) from exc
     if model_kind(model) is None:
-        raise ValueError(f"model: {spec!r} is not a TransformerLens model (got {type(model).__name__})")
+        raise ValueError(f"MODEL: {spec!r} is not a TransformerLens model (got {type(model).__name__})")
     return model.eval()
 
 
@@ -302,18 +303,23 @@ def _write_data_record(out: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, out / DATA_RECORD)
 
 
+def _digest(value: Any) -> int:
+    """A 60-bit hash of a JSON-ready value (keys sorted), the same in every process."""
+    import hashlib
+    import json
+
+    return int(hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:15], 16)
+
+
 def _same_on_every_rank(comm: Any, value: Any, what: str) -> None:
     """Under torchrun every rank runs the command with its own arguments: a ValueError on every rank when `value`
     (JSON-ready) differs between ranks, before any rank collects or trains (one all-gather of a 60-bit hash)."""
-    import hashlib
-    import json
 
     import torch
 
     if not comm.distributed:
         return
-    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:15]
-    seen = comm.all_gather(torch.tensor([int(digest, 16)], dtype=torch.int64))[:, 0].tolist()
+    seen = comm.all_gather(torch.tensor([_digest(value)], dtype=torch.int64))[:, 0].tolist()
     other = [rank for rank, d in enumerate(seen) if d != seen[0]]
     if other:
         raise ValueError(

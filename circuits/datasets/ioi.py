@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -69,7 +70,9 @@ def _locate(enc: TextEncoder, text: str, ids: list[int], char: int, token: int, 
 
 
 def _squash(text: str) -> str:
-    return "".join(text.split())
+    """`text` without whitespace, NFKC-normalised and case-folded: what a tokenizer that normalises text (lower
+    case, unicode forms) still gives back for a word it knows."""
+    return unicodedata.normalize("NFKC", "".join(text.split())).casefold()
 
 
 def _unknown_word(enc: TextEncoder, text: str) -> str | None:
@@ -78,8 +81,8 @@ def _unknown_word(enc: TextEncoder, text: str) -> str | None:
     if _squash(enc.decode(enc.encode(text))) == _squash(text):
         return None
     for word in text.split():
-        if _squash(enc.decode(enc.encode(" " + word))) != word:
-            pieces = [p for p in split_words(word) if _squash(enc.decode(enc.encode(" " + p))) != p]
+        if _squash(enc.decode(enc.encode(" " + word))) != _squash(word):
+            pieces = [p for p in split_words(word) if _squash(enc.decode(enc.encode(" " + p))) != _squash(p)]
             return pieces[0] if pieces else word
     return text
 

@@ -165,3 +165,17 @@ def test_ioi_rejects_places_objects_and_template_words_outside_the_vocabulary(wo
     # GPT-2's byte-level BPE spells any word: "moon" and "spaceship" are fine there
     moon = ioi_dataset(gpt2_tok, 2, places=["moon"], objects=["spaceship"], templates=BABA_TEMPLATES[:1])
     assert "moon" in moon.texts[0] and "spaceship" in moon.texts[0]
+
+
+def test_vocabulary_check_accepts_a_tokenizer_that_lowercases():
+    """A tokenizer that normalises text (lower case) gives every word back changed but known: not an unknown word."""
+    from tl_tensorsim.circuits.datasets.ioi import _unknown_word
+
+    class Lowercasing:
+        def encode(self, text):
+            return list(text.lower().encode())
+
+        def decode(self, ids):
+            return bytes(ids).decode()
+
+    assert _unknown_word(Lowercasing(), "Then, Mary and John went to the Store") is None

@@ -335,8 +335,8 @@ def check_shipped(config: GroupMLPConfig, target: Path | None = None) -> None:
     target = SHIPPED if target is None else target
     if target.name != f"group_{config.group}":
         raise ValueError(
-            f"directory: the shipped folder {target.name} holds another group's model; a {config.group} model "
-            f"ships as weights/group_{config.group}"
+            f"group: the shipped folder {target.name} holds another group's model; got group={config.group!r} (a "
+            f"{config.group} model ships as weights/group_{config.group}; hint: drop --write-shipped)"
         )
 
 
@@ -359,7 +359,7 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None)
     """The model `save` wrote, in eval mode, with `training_summary` attached."""
     tensors, meta = load_artifact(directory, kind=KIND)
     model = GroupMLP(GroupMLPConfig.from_dict(meta["config"]))
-    expected = {k for k in model.state_dict() if k != "table"}  # the table is the group's, rebuilt from its name
+    expected = set(model.state_dict())  # the table (not persistent) is the group's, rebuilt from its name
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or extra:
         raise ValueError(

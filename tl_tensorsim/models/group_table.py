@@ -6,6 +6,7 @@ builds on these. Convention: (x ⋆ y)[i] = x[y[i]] (apply y first).
 from __future__ import annotations
 
 from itertools import permutations
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -27,17 +28,23 @@ def _parity(p: tuple[int, ...]) -> int:
     return (len(p) - cycles) % 2
 
 
+def parse_group_name(name: Any, argument: str = "name") -> tuple[str, int]:
+    """("S", 5) from "S5": a kind among S, A, C, D and a number written without leading zeros (a ValueError
+    naming `argument` otherwise; the range of n is each kind's own)."""
+    kind, digits = (name[:1], name[1:]) if isinstance(name, str) else ("", "")
+    if kind not in ("S", "A", "C", "D") or not digits.isdigit():
+        raise ValueError(f"{argument}: expected 'S<n>', 'A<n>', 'C<n>' or 'D<n>'; got {name!r}")
+    if digits != str(int(digits)):
+        raise ValueError(f"{argument}: expected no leading zeros; got {name!r} (did you mean '{kind}{int(digits)}'?)")
+    return kind, int(digits)
+
+
 def group_elements(name: str) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
     """The permutations and generators of the group `name`: "S<n>" (n <= 7; sorted permutations, generators the
     adjacent transpositions), "A<n>" (2 <= n <= 7; the even ones, generators the 3-cycles 0 -> 1 -> i -> 0),
     "C<n>" (rotations i -> i + k at index k, generator k = 1), "D<n>" (n >= 3: r^k at index k, the reflection
     i -> k - i at index n + k; generators r, s)."""
-    kind, digits = (name[:1], name[1:]) if isinstance(name, str) else ("", "")
-    if kind not in ("S", "A", "C", "D") or not digits.isdigit():
-        raise ValueError(f"group: expected 'S<n>', 'A<n>', 'C<n>' or 'D<n>'; got {name!r}")
-    n = int(digits)
-    if digits != str(n):
-        raise ValueError(f"group: expected a name without leading zeros; got {name!r} (did you mean '{kind}{n}'?)")
+    kind, n = parse_group_name(name, "group")
     low = {"S": 1, "A": 2, "C": 1, "D": 3}[kind]
     if n < low or (kind in "SA" and n > 7):
         raise ValueError(f"group: {kind}<n> needs {low} <= n{' <= 7' if kind in 'SA' else ''}; got {name!r}")

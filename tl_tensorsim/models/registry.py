@@ -54,12 +54,13 @@ def available() -> list[ModuleType]:
     return sorted(found, key=_name)
 
 
-def _find_loader(kind: str) -> Any:
-    """The `load` of the model module whose `KIND` is `kind`, or None: how `tl_tensorsim.load` reads a saved model."""
+def loader_for(kind: str) -> Any:
+    """The `load` of the model module whose `KIND` is `kind`, or None: how `tl_tensorsim.load` (and `tl-tensorsim
+    fit-ndm MODEL`) read a saved model."""
     return next((m.load for m in available() if getattr(m, "KIND", None) == kind), None)
 
 
-register_loader(_find_loader)
+register_loader(loader_for)
 
 
 def get(name: str) -> ModuleType:

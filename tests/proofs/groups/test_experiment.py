@@ -72,7 +72,11 @@ def test_run_experiment_trains_proves_and_resumes(tmp_path):
 
 @pytest.mark.parametrize(
     ("groups", "recipe", "match"),
-    [(["C5", "X9"], "fast", "name: expected"), (["C5"], "slow", "recipe"), (["C5", "C1"], "fast", "no pair to train")],
+    [
+        (["C5", "X9"], "fast", "name: expected"),
+        (["C5"], "slow", "recipe"),
+        (["C5", "C1"], "fast", "C1 \\(order 1\\) cannot be trained"),
+    ],
 )
 def test_run_experiment_refuses_bad_input_before_training(tmp_path, groups, recipe, match):
     out = tmp_path / "runs.jsonl"

@@ -70,7 +70,7 @@ def test_registry_trains_resumes_and_loads(tmp_path):
         assert torch.equal(v, first.state_dict()[k]), k
     run = load_run(tmp_path / "checkpoints", group_mlp.load(path), config)
     assert run.steps == [0, 3, 6] and len(run.history) == 3
-    with pytest.raises(ValueError, match="directory"):
+    with pytest.raises(ValueError, match="the shipped folder group_S5 holds another group"):
         group_mlp.save(run, group_mlp.WEIGHTS / "group_S5")  # an S3 run cannot overwrite the shipped S5 model
 
 

@@ -127,14 +127,16 @@ def check_request(groups: list[str], recipe: str, out: str | Path) -> dict[str, 
     """The config per group, after checking, before any training, that every group is one the proofs know and a
     model can be trained on (order >= 2, at least one training pair), and that `out` holds no rows of another recipe
     (a ValueError naming the argument otherwise)."""
-    from tl_tensorsim.models.group_mlp import GroupMLPConfig
+    from tl_tensorsim.models.group_mlp import GroupMLPConfig, split
 
     configs = {}
     for group in groups:
         order = group_by_name(group).order
         config = GroupMLPConfig(group=group, recipe=recipe)
-        if order < 2 or int(config.resolved_frac * order * order) < 1:
-            raise ValueError(f"groups: {group} (order {order}) leaves no pair to train on; expected order >= 2")
+        try:
+            split(order, config.resolved_frac, 0)  # the model's own rule: at least one training pair
+        except ValueError as exc:
+            raise ValueError(f"groups: {group} (order {order}) cannot be trained: {exc}") from None
         configs[group] = config
     other = sorted({r.get("recipe", "fast") for r in _read(Path(out))} - {recipe})
     if other:

@@ -28,7 +28,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_tensorsim.checks import checked_int
-from tl_tensorsim.models.group_table import group_elements, multiplication_table
+from tl_tensorsim.models.group_table import group_elements, multiplication_table, parse_group_name
 
 T = TypeVar("T")
 
@@ -213,8 +213,5 @@ def _elements(kind: str, n: int):
 def group_by_name(name: str) -> Group:
     """ "S4", "A5", "C12", "D6", ... -> the group (cached: one shared `Group` per name; treat it as read-only)."""
     makers = {"S": symmetric, "A": alternating, "C": cyclic, "D": dihedral}
-    if not isinstance(name, str) or len(name) < 2 or name[0] not in makers or not name[1:].isdigit():
-        raise ValueError(f"name: expected 'S<n>', 'A<n>', 'C<n>' or 'D<n>'; got {name!r}")
-    if name[1:] != str(int(name[1:])):
-        raise ValueError(f"name: expected no leading zeros; got {name!r} (did you mean '{name[0]}{int(name[1:])}'?)")
-    return makers[name[0]](int(name[1:]))
+    kind, n = parse_group_name(name)
+    return makers[kind](n)
