@@ -34,6 +34,7 @@ FLOORS: dict[str, int] = {
     **dict.fromkeys(CORE, 0),
     "activations": 1,
     "training": 1,
+    "training_files": 1,
     "distributed": 1,
     "activation_store": 1,
     "hooks": 1,

@@ -27,7 +27,7 @@ from transformer_lens import FactoredMatrix
 
 from tl_tensorsim import model_io, model_run
 from tl_tensorsim.linalg import rows_centred
-from tl_tensorsim.model_config import _GLOBAL, _NORM_NAMES, _PER_LAYER, WEIGHT_NAMES, ModelConfig
+from tl_tensorsim.model_config import _GLOBAL, _NORM_NAMES, _PER_LAYER, WEIGHT_NAMES, ModelConfig, layer_weight
 from tl_tensorsim.model_io import Backend, is_transformer_lens_model, model_kind
 from tl_tensorsim.model_run import GATE_FLAGS, gate_flag
 from tl_tensorsim.weight_files import open_state_file
@@ -160,7 +160,7 @@ class ModelView:
         p = self._parameters()
         if name in _GLOBAL:
             return _GLOBAL[name] in p
-        return _layer_weight(p, _PER_LAYER[name].format(l=0), self.cfg.n_heads) is not None
+        return layer_weight(p, _PER_LAYER[name].format(l=0), self.cfg.n_heads) is not None
 
     def weight(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor:
         """Weight `name` (one of `WEIGHT_NAMES`), stacked over layers for per-layer weights. `dtype`, `device`:
@@ -182,7 +182,7 @@ class ModelView:
                 )
             return p[key].to(device=device, dtype=dtype)
         found = [
-            _layer_weight(p, _PER_LAYER[name].format(l=layer), self.cfg.n_heads) for layer in range(self.cfg.n_layers)
+            layer_weight(p, _PER_LAYER[name].format(l=layer), self.cfg.n_heads) for layer in range(self.cfg.n_layers)
         ]
         if any(w is None for w in found):
             raise ValueError(
@@ -397,16 +397,3 @@ class _WeightsOnly:
 def as_view(model: ModelLike) -> ModelView:
     """`ModelView` for `model` (returned unchanged when it already is one)."""
     return model if isinstance(model, ModelView) else ModelView(model)
-
-
-def _layer_weight(params: Mapping[str, Tensor], key: str, n_heads: int) -> Tensor | None:
-    """One layer's weight `key`, or None where the model has none. Grouped-query attention in a HookedTransformer
-    stores K and V per key-value head (`attn._W_K`, `attn._b_V`: `[n_key_value_heads, ...]`); like TransformerLens'
-    own `W_K` property, each is repeated for the query heads that share it, giving `[n_heads, ...]`."""
-    if key in params:
-        return params[key]
-    module, _, leaf = key.rpartition(".")
-    grouped = params.get(f"{module}._{leaf}")
-    if grouped is None:
-        return None
-    return grouped.repeat_interleave(n_heads // grouped.shape[0], dim=0)

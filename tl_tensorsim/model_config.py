@@ -5,8 +5,11 @@ scale. Core layer; `adapter.py` re-exports the public names."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from torch import Tensor
 
 # name -> key in HookedTransformer.state_dict() / TransformerBridge.tl_parameters(), with "{l}" per layer
 _PER_LAYER = {
@@ -95,3 +98,16 @@ def attention_scale(kind: str, c: Any) -> float:
     if kind == "HookedTransformer" and not getattr(c, "use_attn_scale", True):
         return 1.0
     return math.sqrt(int(c.d_head))
+
+
+def layer_weight(params: Mapping[str, Tensor], key: str, n_heads: int) -> Tensor | None:
+    """One layer's weight `key`, or None where the model has none. Grouped-query attention in a HookedTransformer
+    stores K and V per key-value head (`attn._W_K`, `attn._b_V`: `[n_key_value_heads, ...]`); like TransformerLens'
+    own `W_K` property, each is repeated for the query heads that share it, giving `[n_heads, ...]`."""
+    if key in params:
+        return params[key]
+    module, _, leaf = key.rpartition(".")
+    grouped = params.get(f"{module}._{leaf}")
+    if grouped is None:
+        return None
+    return grouped.repeat_interleave(n_heads // grouped.shape[0], dim=0)
