@@ -138,6 +138,21 @@ def load_artifact(directory: str | os.PathLike, kind: str | None = None) -> tupl
     check the stored `kind` when one is given. `FileNotFoundError` for missing files; `ValueError` naming the
     folder for unreadable JSON, a truncated tensors file, a newer major format or another kind."""
     directory = Path(directory)
+    config = read_config(directory, kind)
+    try:
+        tensors = load_file(str(directory / TENSORS_FILE))
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for damaged files
+        raise ValueError(
+            f"directory: {directory}: {TENSORS_FILE} cannot be read ({e}); the file is truncated or damaged, "
+            "save the result again"
+        ) from None
+    return tensors, config
+
+
+def read_config(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """The JSON config of a folder `save_artifact` wrote, checked as `load_artifact` checks it (both files there,
+    valid JSON, a format this version reads, the `kind` when one is given), without reading the tensors."""
+    directory = Path(directory)
     missing = [n for n in (CONFIG_FILE, TENSORS_FILE) if not (directory / n).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -164,14 +179,7 @@ def load_artifact(directory: str | os.PathLike, kind: str | None = None) -> tupl
             f"directory: {directory} holds a {config.get('kind')!r}, not a {kind!r}; "
             "tl_tensorsim.load(directory) returns whatever kind it holds"
         )
-    try:
-        tensors = load_file(str(directory / TENSORS_FILE))
-    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for damaged files
-        raise ValueError(
-            f"directory: {directory}: {TENSORS_FILE} cannot be read ({e}); the file is truncated or damaged, "
-            "save the result again"
-        ) from None
-    return tensors, config
+    return config
 
 
 def _describe(obj: Any) -> Any:

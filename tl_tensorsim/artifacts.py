@@ -43,6 +43,7 @@ from tl_tensorsim.artifact_files import (  # noqa: F401  (the files half, re-exp
     json_default,
     library_version,
     load_artifact,
+    read_config,
     save_artifact,
     utc_now,
 )
@@ -84,11 +85,6 @@ class Provenance:
 _KINDS: dict[str, type[Artifact]] = {}
 
 
-# Kinds written by `save_artifact` outside the `Artifact` mechanism, which `load` cannot read: the call that can.
-_OTHER_LOADERS = {
-    "TrainingCheckpoint": "tl_tensorsim.training.load_run(run_folder, model) (it is one step of a training run)",
-    "TrainingState": "tl_tensorsim.training.load_run(run_folder, model) (it is one step of a training run)",
-}
 # Where `load` looks for a saved kind that is no `Artifact` (a model): functions kind -> its `load(directory)` or
 # None, registered by the layers above (`register_loader`), so that this module imports none of them.
 _FINDERS: list[Callable[[str], Callable[[str | os.PathLike], Any] | None]] = []
@@ -96,7 +92,7 @@ _FINDERS: list[Callable[[str], Callable[[str | os.PathLike], Any] | None]] = []
 
 def register_loader(find: Callable[[str], Callable[[str | os.PathLike], Any] | None]) -> None:
     """Let `load` read saved objects that are not `Artifact`s: `find(kind)` returns the `load(directory)` for a
-    kind it knows, else None (`models.tensor_network` and `models.registry` register theirs)."""
+    kind it knows, else None (`models.tensor_network`, `models.registry` and `training_files` register theirs)."""
     if find not in _FINDERS:
         _FINDERS.append(find)
 
@@ -107,21 +103,16 @@ def load(directory: str | os.PathLike) -> Any:
 
     A saved model comes back as its own loader returns it: a `HookedTensorNetwork` (`net.save(dir)`) as
     `HookedTensorNetwork.load(dir)`, a trained model of `tl_tensorsim.models` as that module's `load(dir)`."""
-    tensors, config = load_artifact(directory)
-    kind = config.get("kind")
+    kind = read_config(directory).get("kind")  # the config alone: a model's own loader reads its tensors
     # Importing any tl_tensorsim module runs the package's __init__, which imports every analysis, so every
     # shipped kind is registered by now; a kind from a user's own module needs that module imported.
     if isinstance(kind, str) and kind in _KINDS:
+        tensors, config = load_artifact(directory)
         return _KINDS[kind]._from_stored(Path(directory), tensors, config)
     for find in _FINDERS if isinstance(kind, str) else ():
         loader = find(kind)
         if loader is not None:
             return loader(directory)
-    if isinstance(kind, str) and kind in _OTHER_LOADERS:
-        raise ValueError(
-            f"directory: {directory} holds a {kind!r}, which tl_tensorsim.load does not read; "
-            f"read it with {_OTHER_LOADERS[kind]}"
-        )
     raise ValueError(
         f"directory: {directory} holds a result of unknown kind {kind!r}; known kinds: {sorted(_KINDS)}; "
         "import the module that defines it, or upgrade tl_tensorsim"

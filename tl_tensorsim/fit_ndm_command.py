@@ -67,16 +67,14 @@ def _positions(text: str) -> int | None:
 
 
 def _int_at_least(low: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an int >= `low` (`what`: the range in words, for the message)."""
+    """An argparse type: an int >= `low` (`checks.checked_int`; `what`: the range in words, for the message)."""
+    from tl_tensorsim.checks import checked_int
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
-        return value
+            return checked_int(int(text), "value", low, what)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
 
     return parse
 

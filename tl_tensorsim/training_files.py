@@ -11,10 +11,27 @@ from typing import Any
 
 from torch import Tensor
 
-from tl_tensorsim.artifacts import load_artifact
+from tl_tensorsim.artifacts import load_artifact, register_loader
 
 CHECKPOINT_KIND = "TrainingCheckpoint"
 STATE_KIND = "TrainingState"
+
+
+def _refuse(kind: str) -> Any:
+    """For `tl_tensorsim.load`: a checkpoint folder is one step of a run, read with `training.load_run`."""
+    if kind not in (CHECKPOINT_KIND, STATE_KIND):
+        return None
+
+    def refuse(directory: Any) -> Any:
+        raise ValueError(
+            f"directory: {directory} holds a {kind!r}, which tl_tensorsim.load does not read; read it with "
+            "tl_tensorsim.training.load_run(run_folder, model) (it is one step of a training run)"
+        )
+
+    return refuse
+
+
+register_loader(_refuse)
 
 
 def _folder(step: int) -> str:
